@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Install mofasa into ./.venv (created if absent) with the test tools.
+# torch is pinned to the CPU wheel this machine kind carries; pyproject.toml keeps a range so
+# GPU users keep their own CUDA build (install torch first, then `pip install -e .`).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON="${PYTHON:-python3}"
+if [ ! -x .venv/bin/python ]; then
+    "$PYTHON" -m venv .venv
+fi
+.venv/bin/python -m pip install --quiet torch==2.13.0
+.venv/bin/python -m pip install --quiet -e ".[dev]"

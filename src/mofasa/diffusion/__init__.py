@@ -1,0 +1,1 @@
+"""mofasa.diffusion (see docs/ARCHITECTURE.md)."""

@@ -1,0 +1,1 @@
+"""mofasa.evaluation (see docs/ARCHITECTURE.md)."""

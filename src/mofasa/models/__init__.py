@@ -1,0 +1,1 @@
+"""mofasa.models (see docs/ARCHITECTURE.md)."""

@@ -1,0 +1,1 @@
+"""mofasa.sampling (see docs/ARCHITECTURE.md)."""

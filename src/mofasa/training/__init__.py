@@ -1,0 +1,1 @@
+"""mofasa.training (see docs/ARCHITECTURE.md)."""
