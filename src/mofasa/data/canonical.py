@@ -29,8 +29,11 @@ Bonds: d_ij < r_i + r_j + `BOND_TOL` with Cordero covalent radii.
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Callable
 from functools import lru_cache
 from itertools import product
+from typing import Any
 
 import numpy as np
 
@@ -116,7 +119,7 @@ def _primitive(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     import spglib
 
-    dataset = spglib.get_symmetry_dataset((lattice, frac, numbers), symprec=symprec)
+    dataset = _quiet(spglib.get_symmetry_dataset, (lattice, frac, numbers), symprec=symprec)
     if dataset is None:  # spglib could not analyse: keep the cell as given
         return lattice, frac, numbers
     mapping = np.asarray(dataset.mapping_to_primitive)
@@ -134,10 +137,21 @@ def _primitive(
     return prim, prim_frac, numbers[first]
 
 
+def _quiet(fn: Callable, *args: object, **kwargs: object) -> Any:
+    """Call spglib without its per-call DeprecationWarning about error handling; its failures
+    (None, or SpglibError in newer releases) come back as None."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        try:
+            return fn(*args, **kwargs)
+        except Exception:  # spglib.error.SpglibError where the new error handling is on
+            return None
+
+
 def _niggli(lattice: np.ndarray, frac: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     import spglib
 
-    reduced = spglib.niggli_reduce(lattice, eps=NIGGLI_EPS)
+    reduced = _quiet(spglib.niggli_reduce, lattice, eps=NIGGLI_EPS)
     if reduced is None:
         raise ValueError("spglib Niggli reduction failed")
     reduced = np.asarray(reduced, dtype=np.float64)
@@ -185,8 +199,8 @@ def bond_graph(lattice: np.ndarray, frac: np.ndarray, numbers: np.ndarray) -> li
     radii = COVALENT_RADII[numbers]
     cutoff = 2.0 * float(radii.max()) + BOND_TOL
     graph = radius_graph_pbc(
-        torch.from_numpy(np.ascontiguousarray(frac)),
-        torch.from_numpy(np.ascontiguousarray(lattice)),
+        torch.from_numpy(np.array(frac, dtype=np.float64)),  # writable copies for torch
+        torch.from_numpy(np.array(lattice, dtype=np.float64)),
         cutoff,
     )
     i, j = graph.edge_index.numpy()
@@ -244,7 +258,7 @@ def _order(
     ranks: np.ndarray, hops: np.ndarray, colours: np.ndarray, rel: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
     """Canonical permutation and the gridded coordinates used to compare candidates."""
-    cells = int(round(1.0 / COORD_GRID))
+    cells = round(1.0 / COORD_GRID)
     grid = np.mod(np.rint(rel / COORD_GRID).astype(np.int64), cells)  # (N, 3)
     # np.lexsort sorts by the last key first.
     order = np.lexsort((grid[:, 2], grid[:, 1], grid[:, 0], colours, hops, ranks))

@@ -52,9 +52,8 @@ def _check(crystal: Crystal, limits: CheckLimits) -> None:
     lengths = np.linalg.norm(crystal.lattice, axis=1)
     vol = abs(np.linalg.det(crystal.lattice))
     if lengths.min() < 0.5 or vol < limits.min_volume_per_atom * n:
-        raise CrystalError(
-            "degenerate_cell", f"volume {vol:.3g} Å^3 for {n} atoms, shortest edge {lengths.min():.3g} Å"
-        )
+        detail = f"volume {vol:.3g} Å^3 for {n} atoms, shortest edge {lengths.min():.3g} Å"
+        raise CrystalError("degenerate_cell", detail)
     if lengths.max() > limits.max_length:
         raise CrystalError(
             "huge_cell", f"cell edge {lengths.max():.1f} Å exceeds {limits.max_length:.0f} Å"
@@ -76,8 +75,8 @@ def min_interatomic_distance(crystal: Crystal, cutoff: float = 0.5) -> float:
     from mofasa.geometry.graphs import radius_graph_pbc
 
     graph = radius_graph_pbc(
-        torch.from_numpy(np.ascontiguousarray(crystal.frac)),
-        torch.from_numpy(np.ascontiguousarray(crystal.lattice)),
+        torch.from_numpy(np.array(crystal.frac, dtype=np.float64)),  # a writable copy
+        torch.from_numpy(np.array(crystal.lattice, dtype=np.float64)),
         cutoff,
     )
     if graph.distances.numel() == 0:

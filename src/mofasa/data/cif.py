@@ -19,15 +19,25 @@ __all__ = ["read_cif", "write_cif"]
 PathOrText = str | os.PathLike
 
 
-def _load_text(source: PathOrText) -> tuple[str, str | None]:
+def _load_text(source: PathOrText, is_text: bool | None) -> tuple[str, str | None]:
     """Return (CIF text, name of the file or None when ``source`` is CIF text itself)."""
-    if isinstance(source, os.PathLike) or ("\n" not in str(source) and len(str(source)) < 4096):
+    if is_text is None:
+        is_text = not (isinstance(source, os.PathLike) or _looks_like_path(str(source)))
+    if not is_text:
         path = Path(source)
         try:
             return path.read_text(errors="replace"), str(path)
         except OSError as exc:
-            raise CrystalError("unreadable", f"cannot read file ({exc.strerror})", str(path)) from exc
-    return str(source), None
+            reason = f"cannot read file ({exc.strerror})"
+            raise CrystalError("unreadable", reason, str(path)) from exc
+    # universal newlines, as read_text gives a file: CIF allows CR, LF and CR LF line ends
+    return str(source).replace("\r\n", "\n").replace("\r", "\n"), None
+
+
+def _looks_like_path(text: str) -> bool:
+    """A short one-line string is a path; empty or multi-line (CR, LF) text, or text holding a
+    NUL byte, is CIF content (an empty or garbage file's decoded bytes must not be opened)."""
+    return 0 < len(text) < 4096 and not any(ch in text for ch in "\n\r\x00")
 
 
 _IDENTITY_OPS = {"x,y,z", "+x,+y,+z"}
@@ -68,10 +78,14 @@ def _fast_p1(text: str) -> Crystal | None:
         return None
     if not _formula_matches(data.get("_chemical_formula_sum"), numbers):
         return None
+    if not np.isfinite(params).all():
+        raise CrystalError("non_finite", f"cell parameters {params}")
+    if min(params[:3]) <= 0:
+        raise CrystalError("degenerate_cell", f"non-positive cell length in {params[:3]}")
     try:
         lattice = lattice_from_parameters(*params)
-    except ValueError:
-        return None
+    except ValueError as exc:
+        raise CrystalError("degenerate_cell", str(exc)) from None
     return Crystal(numbers, np.array(frac).T, lattice)
 
 
@@ -105,7 +119,7 @@ def _parse_structure(text: str):  # -> pymatgen Structure
         except CrystalError:
             raise
         except Exception as exc:
-            raise _classify_parse_failure(exc, caught) from exc
+            raise _classify_parse_failure(exc, caught, text) from exc
     messages = [str(w.message) for w in caught]
     missing = [m for m in messages if m.startswith("Missing elements")]
     if missing:
@@ -115,7 +129,7 @@ def _parse_structure(text: str):  # -> pymatgen Structure
     return structures[0]
 
 
-def _classify_parse_failure(exc: Exception, caught: list) -> CrystalError:
+def _classify_parse_failure(exc: Exception, caught: list, text: str) -> CrystalError:
     msg = f"{type(exc).__name__}: {exc}"
     notes = " ".join(str(w.message) for w in caught)
     low = (msg + " " + notes).lower()
@@ -123,12 +137,38 @@ def _classify_parse_failure(exc: Exception, caught: list) -> CrystalError:
         return CrystalError("truncated", f"incomplete CIF loop ({msg[:200]})")
     if "occupanc" in low:
         return CrystalError("disordered", f"invalid occupancies ({msg[:200]})")
+    if "singular matrix" in low:
+        return CrystalError("degenerate_cell", "the cell vectors are coplanar (zero volume)")
+    content = _diagnose_content(text)
+    if content is not None:
+        return content
     if "no structures" in low or "no atoms" in low:
         return CrystalError("no_atoms", "the CIF holds no atom sites")
     return CrystalError("unreadable", msg[:300])
 
 
-def read_cif(source: PathOrText, *, id: str | None = None) -> Crystal:
+def _diagnose_content(text: str) -> CrystalError | None:
+    """Name what a CIF lacks: no data block with a cell (not a CIF), or no atom sites."""
+    from pymatgen.io.cif import CifFile
+
+    if not text.strip():
+        return CrystalError("unreadable", "empty file")
+    try:
+        blocks = [b.data for b in CifFile.from_str(text).data.values()]
+    except Exception:
+        return None
+    cells = [d for d in blocks if "_cell_length_a" in d]
+    if not cells:
+        return CrystalError("unreadable", "not a CIF (no data block with a unit cell)")
+    site_keys = ("_atom_site_fract_x", "_atom_site_Cartn_x")
+    if not any(k in d for d in cells for k in site_keys):
+        return CrystalError("no_atoms", "the CIF has a cell but no atom sites")
+    return None
+
+
+def read_cif(
+    source: PathOrText, *, id: str | None = None, is_text: bool | None = None
+) -> Crystal:
     """Read the first structure of a CIF into a `Crystal`.
 
     Symmetry operations in non-P1 CIFs are applied (sites expanded to P1). The cell is kept as
@@ -137,12 +177,14 @@ def read_cif(source: PathOrText, *, id: str | None = None) -> Crystal:
     Args:
         source: a path, or the CIF text itself.
         id: identifier to store; defaults to the file's stem.
+        is_text: True: ``source`` is CIF text; False: a path; None: guess (a short single-line
+            string is a path). Batch readers pass True so file content is never opened.
 
     Raises:
         CrystalError: with reason ``unreadable``, ``truncated``, ``disordered``,
             ``unknown_element`` or ``no_atoms``, naming the file.
     """
-    text, name = _load_text(source)
+    text, name = _load_text(source, is_text)
     if id is None and name is not None:
         id = Path(name).stem
     try:
@@ -165,8 +207,11 @@ def _to_crystal(structure, id: str | None) -> Crystal:  # noqa: ANN001 (pymatgen
     for site in structure:
         z = getattr(site.specie, "Z", 0)
         symbol = getattr(site.specie, "symbol", str(site.specie))
-        if not isinstance(z, int) or not 1 <= z <= MAX_Z or "Dummy" in type(site.specie).__name__:
+        if not isinstance(z, int) or "Dummy" in type(site.specie).__name__:
             raise CrystalError("unknown_element", f"site species {symbol!r} is not an element")
+        if not 1 <= z <= MAX_Z:
+            detail = f"element {symbol} (Z={z}) is outside the vocabulary Z 1..{MAX_Z}"
+            raise CrystalError("unknown_element", detail)
         numbers.append(z)
     return Crystal(numbers, structure.frac_coords, structure.lattice.matrix, id=id)
 

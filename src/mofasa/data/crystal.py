@@ -87,7 +87,7 @@ class Crystal:
     def formula(self) -> str:
         """Hill-like formula with counts in canonical element order (e.g. ``C8H4O5Zn2``)."""
         zs, counts = np.unique(self.numbers, return_counts=True)
-        parts = {SYMBOLS[z]: int(c) for z, c in zip(zs, counts)}
+        parts = {SYMBOLS[z]: int(c) for z, c in zip(zs, counts, strict=True)}
         order = [s for s in ("C", "H") if s in parts] + sorted(
             s for s in parts if s not in ("C", "H")
         )

@@ -105,6 +105,7 @@ class BucketBatchSampler(Sampler[list[tuple[int, int]]]):
         self.num_replicas = num_replicas or (dist.get_world_size() if ready else 1)
         self.rank = rank if rank is not None else (dist.get_rank() if ready else 0)
         self.epoch = 0
+        self.start = 0  # batches of this epoch to skip once (set by a resumed training run)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -127,7 +128,8 @@ class BucketBatchSampler(Sampler[list[tuple[int, int]]]):
         out, current, nmax = [], [], 0
         for i in sorted_idx:
             n = max(nmax, int(self.num_atoms[i]))
-            too_many = self.max_atoms_per_batch and n * (len(current) + 1) > self.max_atoms_per_batch
+            cap = self.max_atoms_per_batch
+            too_many = cap is not None and n * (len(current) + 1) > cap
             if current and (len(current) == self.batch_size or too_many):
                 out.append(np.array(current))
                 current, n = [], int(self.num_atoms[i])
@@ -149,7 +151,8 @@ class BucketBatchSampler(Sampler[list[tuple[int, int]]]):
         return batches
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
-        for batch in self._rank_batches():
+        skip, self.start = self.start, 0
+        for batch in self._rank_batches()[skip:]:
             yield [(int(i), self.epoch) for i in batch]
 
     def __len__(self) -> int:

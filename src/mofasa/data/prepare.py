@@ -24,6 +24,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -141,7 +142,7 @@ def process_one(
         if expected_sha and hashlib.sha256(data).hexdigest() != expected_sha:
             raise CrystalError("checksum_mismatch", "sha256 differs from the index")
         text = data.decode("utf-8", errors="replace")
-        crystal = read_cif(text, id=_stem(name))
+        crystal = read_cif(text, id=_stem(name), is_text=True)
         limits = CheckLimits(None, config.min_distance, config.max_length)
         check_crystal(crystal, limits)
         crystal = canonicalize(crystal, symprec=config.symprec)
@@ -251,11 +252,12 @@ def prepare_dataset(
     config = config or PrepareConfig()
     out = Path(out)
     parts = out / "parts"
+    splits, shas = _read_index(Path(index) if index else None)
+    _check_input(input)
     try:
         parts.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UsageError(f"--out {out}: cannot create ({exc.strerror})") from exc
-    splits, shas = _read_index(Path(index) if index else None)
     _check_resume_config(out, config, input, index)
     start = time.perf_counter()
     n_inputs = _run_chunks(input, parts, splits, shas, config, len(splits) or None, progress)
@@ -267,6 +269,12 @@ def prepare_dataset(
     (out / "parts" / "config.json").unlink(missing_ok=True)
     parts.rmdir()
     return manifest
+
+
+def _check_input(input: str | Path) -> None:
+    """Fail fast (before anything is written) on an unusable --input."""
+    if next(iter_sources(input), None) is None:
+        raise UsageError(f"--input {input}: holds no .cif files")
 
 
 def _check_resume_config(out: Path, config: PrepareConfig, input: object, index: object) -> None:
@@ -341,7 +349,7 @@ def _finalise(
             meta = json.loads(str(z["meta"]))
             rejected.extend(meta["rejected"])
             starts = np.concatenate([[0], np.cumsum(z["counts"])])
-            for i, (ident, split) in enumerate(zip(meta["ids"], meta["splits"])):
+            for i, (ident, split) in enumerate(zip(meta["ids"], meta["splits"], strict=True)):
                 d = per_split[split]
                 d["numbers"].append(z["numbers"][starts[i] : starts[i + 1]])
                 d["frac"].append(z["frac"][starts[i] : starts[i + 1]])
@@ -408,20 +416,20 @@ def _histograms(counts: list[int]) -> dict:
     edges = list(range(0, int(counts_arr.max(initial=0)) + 11, 10))
     hist, _ = np.histogram(counts_arr, bins=edges)
     protocol = {}
-    for lo, hi in zip(SIZE_BINS[:-1], SIZE_BINS[1:]):
+    for lo, hi in pairwise(SIZE_BINS):
         protocol[f"{lo}-{hi - 1}"] = int(((counts_arr >= lo) & (counts_arr < hi)).sum())
     protocol[f">{SIZE_BINS[-1] - 1}"] = int((counts_arr >= SIZE_BINS[-1]).sum())
     protocol[f"<{SIZE_BINS[0]}"] = int((counts_arr < SIZE_BINS[0]).sum())
-    exact = dict(zip(*np.unique(counts_arr, return_counts=True)))
+    exact = dict(zip(*np.unique(counts_arr, return_counts=True), strict=True))
     return {
         "bin_width": 10,
         "bin_edges": edges,
         "counts": hist.tolist(),
         "protocol_bins": protocol,
         "per_n": {int(k): int(v) for k, v in exact.items()},
-        "min": int(counts_arr.min(initial=0)),
+        "min": int(counts_arr.min()) if len(counts_arr) else 0,
         "median": float(np.median(counts_arr)) if len(counts_arr) else 0.0,
-        "max": int(counts_arr.max(initial=0)),
+        "max": int(counts_arr.max()) if len(counts_arr) else 0,
     }
 
 
@@ -430,7 +438,7 @@ def _element_table(numbers: list[np.ndarray]) -> dict:
     structures: Counter = Counter()
     for arr in numbers:
         zs, cnt = np.unique(arr, return_counts=True)
-        atoms.update(dict(zip(zs.tolist(), cnt.tolist())))
+        atoms.update(dict(zip(zs.tolist(), cnt.tolist(), strict=True)))
         structures.update(zs.tolist())
     return {
         SYMBOLS[z]: {"Z": int(z), "atoms": int(atoms[z]), "structures": int(structures[z])}
