@@ -184,6 +184,9 @@ def make_loader(
         dataset,
         batch_sampler=sampler,
         collate_fn=partial(collate, dtype=dtype),
+        # Own generator: creating an iterator must not draw from the global torch RNG, or a
+        # resumed run (which restores that RNG) would diverge from an uninterrupted one.
+        generator=torch.Generator().manual_seed(seed),
         num_workers=num_workers,
         persistent_workers=num_workers > 0,
     )

@@ -1,1 +1,57 @@
-"""mofasa.models (see docs/ARCHITECTURE.md)."""
+"""mofasa.models: pure ``nn.Module``s (no file I/O; see docs/ARCHITECTURE.md).
+
+* :mod:`~mofasa.models.gns`: GNS backbone (local k-NN / all-pairs step + global node);
+* :mod:`~mofasa.models.autoencoder`: :class:`CrystalAutoencoder`;
+* :mod:`~mofasa.models.bottleneck`: none / KL / residual-VQ bottlenecks;
+* :mod:`~mofasa.models.losses`: reconstruction losses;
+* :mod:`~mofasa.models.config`: frozen configs and the ``tiny`` / ``small`` / ``base`` /
+  ``large`` presets.
+"""
+
+from mofasa.models.autoencoder import (
+    CrystalAutoencoder,
+    DecoderOutput,
+    EncoderOutput,
+    lattice_matrix_from_parameters,
+    translate_batch,
+)
+from mofasa.models.bottleneck import (
+    BottleneckOutput,
+    GaussianBottleneck,
+    IdentityBottleneck,
+    ResidualVQ,
+    kl_divergence,
+    make_bottleneck,
+)
+from mofasa.models.config import (
+    PRESETS,
+    AutoencoderConfig,
+    BackboneConfig,
+    BottleneckConfig,
+    get_preset,
+)
+from mofasa.models.gns import GNS, attend
+from mofasa.models.losses import autoencoder_loss, periodic_displacement
+
+__all__ = [
+    "GNS",
+    "PRESETS",
+    "AutoencoderConfig",
+    "BackboneConfig",
+    "BottleneckConfig",
+    "BottleneckOutput",
+    "CrystalAutoencoder",
+    "DecoderOutput",
+    "EncoderOutput",
+    "GaussianBottleneck",
+    "IdentityBottleneck",
+    "ResidualVQ",
+    "attend",
+    "autoencoder_loss",
+    "get_preset",
+    "kl_divergence",
+    "lattice_matrix_from_parameters",
+    "make_bottleneck",
+    "periodic_displacement",
+    "translate_batch",
+]

@@ -1,0 +1,332 @@
+"""Frozen model configurations and named presets.
+
+Every config round-trips through plain dicts of plain types (``to_dict`` / ``from_dict``), so it
+can be stored inside a ``torch.load(weights_only=True)`` checkpoint or a YAML file. ``from_dict``
+accepts partial dicts (missing keys keep the values of ``base``, by default the dataclass
+defaults) and rejects unknown keys, so a YAML file only lists what it changes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+__all__ = [
+    "PRESETS",
+    "AutoencoderConfig",
+    "BackboneConfig",
+    "BottleneckConfig",
+    "get_preset",
+]
+
+_T = TypeVar("_T")
+
+
+def _to_plain(value: Any) -> Any:
+    """Dataclasses -> dicts, tuples -> lists, recursively (plain types only)."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _to_plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, (list, tuple)):
+        return [_to_plain(v) for v in value]
+    return value
+
+
+def _from_plain(cls: type[_T], data: dict[str, Any], base: _T | None) -> _T:
+    """Build ``cls`` from a (partial) dict, filling missing keys from ``base`` or defaults."""
+    if not isinstance(data, dict):
+        raise TypeError(f"{cls.__name__}: expected a dict, got {type(data).__name__}")
+    names = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        raise KeyError(f"{cls.__name__}: unknown keys {unknown}; known: {sorted(names)}")
+    base = base if base is not None else cls()
+    kwargs: dict[str, Any] = {}
+    for name in names:
+        current = getattr(base, name)
+        if name not in data:
+            kwargs[name] = current
+        elif dataclasses.is_dataclass(current):
+            kwargs[name] = _from_plain(type(current), data[name], current)
+        elif isinstance(current, tuple):
+            kwargs[name] = tuple(data[name])
+        else:
+            kwargs[name] = data[name]
+    return cls(**kwargs)
+
+
+@dataclass(frozen=True)
+class BackboneConfig:
+    """One GNS stack (see :mod:`mofasa.models.gns`).
+
+    Attributes:
+        width: feature width D of atoms, edges and the global node.
+        depth: number of layers (each = local step + global step).
+        heads: attention heads (all-pairs attention and attention pooling); divides ``width``.
+        mlp_ratio: hidden width of the per-atom MLPs (feed-forward, k-NN node update) as a
+            multiple of ``width``.
+        dropout: dropout on every residual branch.
+        attn_dropout: dropout on attention weights (all-pairs step only).
+        local: ``"knn"`` (sparse periodic graph with edge features, encoder) or ``"dense"``
+            (all pairs through scaled-dot-product attention, decoder / denoiser).
+        global_pool: ``"attention"`` (the global node queries the atoms) or ``"mean"``.
+    """
+
+    width: int = 128
+    depth: int = 4
+    heads: int = 4
+    mlp_ratio: float = 2.0
+    dropout: float = 0.0
+    attn_dropout: float = 0.0
+    local: str = "dense"
+    global_pool: str = "attention"
+
+    def __post_init__(self) -> None:
+        if self.width < 1 or self.depth < 0 or self.heads < 1:
+            raise ValueError(f"bad backbone sizes: {self}")
+        if self.width % self.heads:
+            raise ValueError(f"width {self.width} is not divisible by heads {self.heads}")
+        if self.local not in ("knn", "dense"):
+            raise ValueError(f"local must be 'knn' or 'dense', got {self.local!r}")
+        if self.global_pool not in ("attention", "mean"):
+            raise ValueError(f"global_pool must be 'attention' or 'mean', got {self.global_pool!r}")
+
+    @property
+    def hidden(self) -> int:
+        """Hidden width of the MLPs."""
+        return max(1, round(self.width * self.mlp_ratio))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-dict form (JSON / YAML / ``weights_only`` safe)."""
+        return _to_plain(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], base: BackboneConfig | None = None) -> BackboneConfig:
+        """Inverse of :meth:`to_dict`; missing keys come from ``base`` (default: defaults)."""
+        return _from_plain(cls, data, base)
+
+
+@dataclass(frozen=True)
+class BottleneckConfig:
+    """Latent bottleneck, applied to both the per-atom latents Z_L and the global latent Z_G.
+
+    Attributes:
+        kind: ``"none"``, ``"kl"`` (diagonal Gaussian, reparameterised) or ``"rvq"`` (residual
+            vector quantisation with EMA codebooks).
+        kl_weight: weight of the KL term (``kl``).
+        num_codebooks: residual stages (``rvq``).
+        codebook_size: codes per stage (``rvq``).
+        commitment_weight: weight of the commitment loss (``rvq``).
+        ema_decay: EMA decay of the codebook statistics (``rvq``).
+        dead_code_threshold: a code whose EMA assignment count per step falls below this is
+            restarted from a vector of the current batch (``rvq``; 0 disables restarts).
+        eps: Laplace smoothing of the EMA cluster sizes (``rvq``).
+    """
+
+    kind: str = "kl"
+    kl_weight: float = 1e-5
+    num_codebooks: int = 4
+    codebook_size: int = 256
+    commitment_weight: float = 0.25
+    ema_decay: float = 0.99
+    dead_code_threshold: float = 1.0
+    eps: float = 1e-5
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("none", "kl", "rvq"):
+            raise ValueError(f"bottleneck kind must be none, kl or rvq, got {self.kind!r}")
+        if self.num_codebooks < 1 or self.codebook_size < 1:
+            raise ValueError(f"bad codebook sizes: {self}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay must lie in [0, 1), got {self.ema_decay}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-dict form."""
+        return _to_plain(self)
+
+    @classmethod
+    def from_dict(
+        cls, data: dict[str, Any], base: BottleneckConfig | None = None
+    ) -> BottleneckConfig:
+        """Inverse of :meth:`to_dict`; missing keys come from ``base``."""
+        return _from_plain(cls, data, base)
+
+
+@dataclass(frozen=True)
+class AutoencoderConfig:
+    """`CrystalAutoencoder` hyper-parameters (the defaults are the ``small`` preset).
+
+    Attributes:
+        encoder: backbone of the encoder (``local`` must be ``"knn"``).
+        decoder: backbone of the decoder (``local`` must be ``"dense"``).
+        latent_dim: channels D_L of the per-atom latent Z_L.
+        global_latent_dim: channels G of the global latent Z_G.
+        bottleneck: see :class:`BottleneckConfig`.
+        knn_k: neighbours per atom in the encoder's periodic k-NN graph.
+        rbf_size: Gaussian radial basis functions per edge.
+        rbf_cutoff: largest RBF centre in Å.
+        fourier_frequencies: integer frequencies k of the sin / cos(2 pi k x) features of the
+            absolute fractional coordinates (integers keep them periodic).
+        use_order_embeddings: add an embedding of each atom's index (its place in the canonical
+            order) to the decoder input; breaks permutation equivariance on purpose.
+        max_order_index: size of the order-embedding table (larger indices share the last one).
+        translation_augment: in training mode, shift every crystal by a uniform random
+            fractional translation (input and targets) before encoding.
+        type_weight: weight of the atom-type cross-entropy.
+        coord_weight: weight of the periodic coordinate loss.
+        coord_loss: ``"chord"`` (squared distance between predicted and true (cos, sin)
+            vectors per axis, scaled by (length / 2 pi)^2: wrap-aware, ~ the squared
+            minimum-image error for small errors, convex in the prediction) or
+            ``"min_image"`` (squared minimum-image error of the atan2 coordinates).
+        coord_loss_space: ``"angstrom"`` (errors in Å through the true lattice) or ``"frac"``.
+        coord_norm_weight: weight of ``(|v| - 1)^2`` on the predicted (cos, sin) vectors,
+            which keeps ``atan2`` well conditioned.
+        lattice_weight: weight of the lattice loss.
+        lattice_huber_beta: transition of the lattice loss's smooth L1 (log-length / radians).
+        angle_min: lower bound of predicted cell angles in degrees (exclusive).
+        angle_max: upper bound of predicted cell angles in degrees (exclusive). With the
+            default (60, 120) every prediction is a non-degenerate cell (the Gram determinant
+            is positive on the open cube of cosines in (-1/2, 1/2)) and covers the canonical
+            (Niggli-compatible) cells.
+        log_length_offset: initial bias of the predicted log(length / N^(1/3)) (QMOF mean).
+    """
+
+    encoder: BackboneConfig = field(
+        default_factory=lambda: BackboneConfig(width=128, depth=3, heads=4, local="knn")
+    )
+    decoder: BackboneConfig = field(
+        default_factory=lambda: BackboneConfig(width=128, depth=4, heads=4, local="dense")
+    )
+    latent_dim: int = 16
+    global_latent_dim: int = 32
+    bottleneck: BottleneckConfig = field(default_factory=BottleneckConfig)
+    knn_k: int = 12
+    rbf_size: int = 32
+    rbf_cutoff: float = 8.0
+    fourier_frequencies: tuple[int, ...] = (1, 2, 3, 4, 6, 8, 12, 16)
+    use_order_embeddings: bool = False
+    max_order_index: int = 512
+    translation_augment: bool = True
+    type_weight: float = 1.0
+    coord_weight: float = 1.0
+    coord_loss: str = "chord"
+    coord_loss_space: str = "angstrom"
+    coord_norm_weight: float = 1.0
+    lattice_weight: float = 1.0
+    lattice_huber_beta: float = 0.01
+    angle_min: float = 60.0
+    angle_max: float = 120.0
+    log_length_offset: float = 0.87
+
+    def __post_init__(self) -> None:
+        if self.encoder.local != "knn":
+            raise ValueError("the encoder backbone must use local='knn'")
+        if self.decoder.local != "dense":
+            raise ValueError("the decoder backbone must use local='dense' (no positions)")
+        if self.latent_dim < 1 or self.global_latent_dim < 1 or self.knn_k < 1:
+            raise ValueError(f"bad latent / graph sizes: {self}")
+        if not self.fourier_frequencies or any(int(k) != k for k in self.fourier_frequencies):
+            raise ValueError("fourier_frequencies must be a non-empty tuple of integers")
+        if self.coord_loss not in ("chord", "min_image"):
+            raise ValueError(f"coord_loss must be chord or min_image: {self.coord_loss}")
+        if self.coord_loss_space not in ("angstrom", "frac"):
+            raise ValueError(f"coord_loss_space must be angstrom or frac: {self.coord_loss_space}")
+        if not 0.0 <= self.angle_min < self.angle_max <= 180.0:
+            raise ValueError("need 0 <= angle_min < angle_max <= 180")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dict (lists instead of tuples), e.g. for a checkpoint or YAML."""
+        return _to_plain(self)
+
+    @classmethod
+    def from_dict(
+        cls, data: dict[str, Any], base: AutoencoderConfig | None = None
+    ) -> AutoencoderConfig:
+        """Inverse of :meth:`to_dict`; a partial dict overrides ``base`` (default: defaults).
+
+        Args:
+            data: (nested) dict, e.g. ``{"decoder": {"depth": 6}, "latent_dim": 8}``.
+            base: config whose values fill the keys ``data`` does not mention.
+
+        Returns:
+            The new config.
+
+        Raises:
+            KeyError: on keys that are not fields.
+        """
+        return _from_plain(cls, data, base)
+
+
+def _preset(
+    width: int,
+    enc_depth: int,
+    dec_depth: int,
+    heads: int,
+    mlp_ratio: float,
+    **kwargs: Any,
+) -> AutoencoderConfig:
+    common = {"width": width, "heads": heads, "mlp_ratio": mlp_ratio}
+    enc = BackboneConfig(depth=enc_depth, local="knn", **common)
+    dec = BackboneConfig(depth=dec_depth, local="dense", **common)
+    return AutoencoderConfig(encoder=enc, decoder=dec, **kwargs)
+
+
+_FINE_FREQUENCIES = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32)
+
+#: Named presets (parameter counts for the default vocabulary):
+#:
+#: * ``tiny`` (~0.1 M): CI; a training step takes milliseconds on CPU.
+#: * ``small`` (~2.3 M): CPU training on QMOF <= 60 atoms (~1.2 s per step of 32 crystals
+#:   on one core).
+#: * ``base`` (~6.4 M): one GPU, QMOF <= 150 atoms; sized so that a bf16 copy (~12 MB) plus a
+#:   denoiser fits the repository's single 25 MB weights file.
+#: * ``large`` (~127 M): multi-GPU, up to 500 atoms.
+PRESETS: dict[str, AutoencoderConfig] = {
+    "tiny": _preset(
+        32, 1, 2, 2, 2.0,
+        latent_dim=8,
+        global_latent_dim=8,
+        knn_k=8,
+        rbf_size=16,
+        fourier_frequencies=(1, 2, 4, 8),
+        bottleneck=BottleneckConfig(kind="kl", kl_weight=1e-5, codebook_size=64),
+    ),
+    "small": _preset(
+        128, 3, 4, 4, 2.0,
+        latent_dim=16,
+        global_latent_dim=32,
+        knn_k=12,
+        rbf_size=32,
+        bottleneck=BottleneckConfig(kind="kl", kl_weight=1e-5, codebook_size=256),
+    ),
+    "base": _preset(
+        192, 3, 6, 6, 2.0,
+        latent_dim=16,
+        global_latent_dim=64,
+        knn_k=16,
+        rbf_size=48,
+        fourier_frequencies=_FINE_FREQUENCIES,
+        bottleneck=BottleneckConfig(kind="kl", kl_weight=1e-5, codebook_size=1024),
+    ),
+    "large": _preset(
+        512, 6, 12, 8, 4.0,
+        latent_dim=16,
+        global_latent_dim=64,
+        knn_k=16,
+        rbf_size=48,
+        fourier_frequencies=_FINE_FREQUENCIES,
+        bottleneck=BottleneckConfig(kind="kl", kl_weight=1e-5, codebook_size=1024),
+    ),
+}
+
+
+def get_preset(name: str) -> AutoencoderConfig:
+    """The named preset (``tiny``, ``small``, ``base`` or ``large``).
+
+    Raises:
+        KeyError: for an unknown name.
+    """
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise KeyError(f"unknown preset {name!r}; choose from {sorted(PRESETS)}") from None

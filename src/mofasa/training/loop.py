@@ -1,0 +1,402 @@
+"""A plain PyTorch training loop shared by the autoencoder and the diffusion model.
+
+Features: AdamW, linear warm-up + cosine decay, gradient clipping, EMA weights, bf16 autocast on
+GPU, optional ``torch.compile``, size-bucketed batches, torchrun / DDP, a long-format metrics CSV
+and PNG curves, atomic checkpoints every K steps and on SIGTERM, and exact resume (model, EMA,
+optimiser, RNG state and the position inside the epoch are restored).
+
+The model's ``forward(batch)`` must return ``(loss, metrics)`` with ``metrics`` a dict of floats.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import json
+import math
+import os
+import platform
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from mofasa.data.batch import CrystalBatch
+from mofasa.data.dataset import CrystalDataset, make_loader
+from mofasa.data.elements import VOCAB_SYMBOLS
+from mofasa.training.checkpoint import checkpoint_exists, load_checkpoint, save_checkpoint
+
+__all__ = ["DataConfig", "OptimConfig", "RunConfig", "Trainer", "resolve_device"]
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    path: str = "prepared/qmof"
+    max_atoms: int = 150
+    batch_size: int = 32
+    max_atoms_per_batch: int | None = None
+    num_workers: int = 0
+    translate: bool = True
+    train_split: str = "train"
+    val_split: str = "val"
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    lr: float = 3e-4
+    weight_decay: float = 0.01
+    betas: tuple[float, ...] = (0.9, 0.99)
+    warmup_steps: int = 500
+    total_steps: int = 20000
+    min_lr_ratio: float = 0.05
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    out_dir: str = "runs/autoencoder"
+    seed: int = 0
+    log_every: int = 25
+    ckpt_every: int = 500
+    val_every: int = 500
+    val_batches: int = 20
+    device: str = "auto"
+    bf16: bool = True  # autocast on CUDA only (slower than fp32 on most CPUs)
+    compile: bool = False
+    max_time_s: float | None = None  # stop (and checkpoint) after this much wall time
+    threads: int = 0  # CPU threads (0: torch default)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> CUDA if present, else MPS, else CPU."""
+    if name != "auto":
+        return torch.device(name)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+class _Distributed:
+    """torchrun environment: rank / world size, process group set-up and tear-down."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        self.enabled = self.world > 1
+        if self.enabled and not torch.distributed.is_initialized():
+            backend = "nccl" if device.type == "cuda" else "gloo"
+            torch.distributed.init_process_group(backend)
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def close(self) -> None:
+        if self.enabled and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
+def lr_factor(step: int, warmup: int, total: int, min_ratio: float) -> float:
+    """Linear warm-up to 1, then cosine decay to ``min_ratio`` at ``total``."""
+    if step < warmup:
+        return (step + 1) / max(1, warmup)
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+class Trainer:
+    """Train ``model`` on a prepared dataset; see the module docstring.
+
+    Args:
+        model: ``forward(batch) -> (loss, metrics)``.
+        kind: checkpoint kind, e.g. ``"autoencoder"``.
+        config: the full run config as a plain dict (stored in checkpoints and run.json).
+        data, optim, run: the sections of that config the loop uses.
+        extra_state: tensors / plain values stored in every checkpoint (e.g. data statistics).
+        batch_transform: optional function applied to each batch on the device.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        kind: str,
+        config: dict,
+        data: DataConfig,
+        optim: OptimConfig,
+        run: RunConfig,
+        extra_state: dict | None = None,
+        batch_transform: Callable[[CrystalBatch], Any] | None = None,
+    ) -> None:
+        self.kind, self.config = kind, config
+        self.data_cfg, self.optim_cfg, self.run_cfg = data, optim, run
+        self.extra_state = extra_state or {}
+        self.batch_transform = batch_transform
+        if run.threads:
+            torch.set_num_threads(run.threads)
+        self.device = resolve_device(run.device)
+        self.dist = _Distributed(self.device)
+        if self.device.type == "cuda" and self.dist.enabled:
+            self.device = torch.device("cuda", self.dist.local_rank)
+        torch.manual_seed(run.seed + self.dist.rank)
+        self.model = model.to(self.device)
+        self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
+        self.optimizer = self._make_optimizer()
+        self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
+        self.out = Path(run.out_dir)
+        self.ckpt_path = self.out / "checkpoint.pt"
+        self._stop = False
+
+    # ------------------------------------------------------------------ set-up
+    def _make_optimizer(self) -> torch.optim.Optimizer:
+        decay, no_decay = [], []
+        for name, p in self.model.named_parameters():
+            if p.requires_grad:
+                (no_decay if p.ndim < 2 or "embed" in name else decay).append(p)
+        groups = [
+            {"params": decay, "weight_decay": self.optim_cfg.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ]
+        return torch.optim.AdamW(groups, lr=self.optim_cfg.lr, betas=tuple(self.optim_cfg.betas))
+
+    def _wrapped(self) -> nn.Module:
+        module: nn.Module = self.model
+        if self.dist.enabled:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            module = nn.parallel.DistributedDataParallel(module, device_ids=ids)
+        if self.run_cfg.compile:
+            module = torch.compile(module)
+        return module
+
+    # ------------------------------------------------------------------ checkpoints
+    def state(self) -> dict:
+        from mofasa import __version__
+
+        return {
+            "kind": self.kind,
+            "mofasa_version": __version__,
+            "config": self.config,
+            "model": self.model.state_dict(),
+            "ema": self.ema.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "step": self.step,
+            "epoch": self.epoch,
+            "batch_in_epoch": self.batch_in_epoch,
+            "rng": {"torch": torch.get_rng_state()},
+            "vocab": list(VOCAB_SYMBOLS),
+            **self.extra_state,
+        }
+
+    def save(self) -> None:
+        if self.dist.main:
+            save_checkpoint(self.state(), self.ckpt_path)
+            self._plot()
+
+    def resume(self, path: str | Path | None = None) -> bool:
+        """Restore everything from ``path`` (default: the run's own checkpoint) if present."""
+        path = Path(path) if path else self.ckpt_path
+        if not checkpoint_exists(path):
+            return False
+        ckpt = load_checkpoint(path, map_location=self.device)
+        self.model.load_state_dict(ckpt["model"])
+        self.ema.load_state_dict(ckpt["ema"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.step, self.epoch = int(ckpt["step"]), int(ckpt["epoch"])
+        self.batch_in_epoch = int(ckpt["batch_in_epoch"])
+        torch.set_rng_state(ckpt["rng"]["torch"].cpu())
+        self._truncate_log(self.step)
+        return True
+
+    # ------------------------------------------------------------------ logging
+    def _log(self, rows: list[tuple[int, str, str, float]]) -> None:
+        if not self.dist.main:
+            return
+        path = self.out / "metrics.csv"
+        new = not path.exists()
+        with open(path, "a", newline="") as fh:
+            writer = csv.writer(fh)
+            if new:
+                writer.writerow(["step", "split", "name", "value"])
+            writer.writerows(rows)
+
+    def _truncate_log(self, step: int) -> None:
+        """Drop log rows past the checkpoint so a resumed run logs no step twice."""
+        path = self.out / "metrics.csv"
+        if not path.exists() or not self.dist.main:
+            return
+        with open(path, newline="") as fh:
+            rows = list(csv.reader(fh))
+        keep = [rows[0]] + [r for r in rows[1:] if int(r[0]) <= step]
+        tmp = path.with_name("metrics.csv.tmp")
+        with open(tmp, "w", newline="") as fh:
+            csv.writer(fh).writerows(keep)
+        os.replace(tmp, path)
+
+    def _plot(self) -> None:
+        from mofasa.training.curves import plot_metrics
+
+        try:
+            plot_metrics(self.out / "metrics.csv", self.out / "curves.png")
+        except Exception as exc:  # a plotting failure must never stop training
+            print(f"warning: could not plot curves: {exc}")
+
+    def _write_run_json(self) -> None:
+        if not self.dist.main:
+            return
+        try:
+            rev = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                                 check=False, timeout=5).stdout.strip()
+        except (OSError, subprocess.TimeoutExpired):
+            rev = ""
+        from mofasa import __version__
+
+        info = {
+            "kind": self.kind, "config": self.config, "seed": self.run_cfg.seed,
+            "git_revision": rev, "mofasa": __version__, "torch": torch.__version__,
+            "python": platform.python_version(), "device": str(self.device),
+            "world_size": self.dist.world,
+            "parameters": sum(p.numel() for p in self.model.parameters()),
+        }
+        (self.out / "run.json").write_text(json.dumps(info, indent=1))
+
+    # ------------------------------------------------------------------ the loop
+    def fit(self, train: CrystalDataset, val: CrystalDataset | None = None,
+            stop_after: int | None = None) -> dict[str, float]:
+        """Train until ``optim.total_steps`` (or ``stop_after`` steps in this call, the time
+        limit, or SIGTERM), checkpointing on the way out. Returns the last logged metrics."""
+        self.out.mkdir(parents=True, exist_ok=True)
+        self._write_run_json()
+        self._install_sigterm()
+        loader = make_loader(
+            train, self.data_cfg.batch_size, max_atoms_per_batch=self.data_cfg.max_atoms_per_batch,
+            seed=self.run_cfg.seed, num_workers=self.data_cfg.num_workers,
+        )
+        module = self._wrapped()
+        start_time, start_step = time.perf_counter(), self.step
+        last: dict[str, float] = {}
+        bar = self._progress()
+        try:
+            while self.step < self.optim_cfg.total_steps and not self._stop:
+                last = self._epoch(module, loader, val, bar, start_time, start_step, stop_after)
+                if self._stop:
+                    break
+                self.epoch, self.batch_in_epoch = self.epoch + 1, 0
+        finally:
+            bar.close()
+            self.save()
+            self.dist.close()
+        return last
+
+    def _progress(self) -> Any:
+        from tqdm import tqdm
+
+        return tqdm(total=self.optim_cfg.total_steps, initial=self.step, unit="step",
+                    disable=not self.dist.main, desc=self.kind, smoothing=0.1)
+
+    def _epoch(self, module: nn.Module, loader: Any, val: CrystalDataset | None, bar: Any,
+               start_time: float, start_step: int, stop_after: int | None) -> dict[str, float]:
+        sampler = loader.batch_sampler
+        sampler.set_epoch(self.epoch)
+        sampler.start = self.batch_in_epoch  # skip what a resumed run already did
+        last: dict[str, float] = {}
+        t0, seen = time.perf_counter(), 0
+        for batch in loader:
+            last = self._train_step(module, batch)
+            seen += batch.batch_size
+            self.step += 1
+            self.batch_in_epoch += 1
+            bar.update(1)
+            if self.step % self.run_cfg.log_every == 0:
+                last["structures_per_s"] = seen * self.dist.world / (time.perf_counter() - t0)
+                self._log([(self.step, "train", k, v) for k, v in last.items()])
+                bar.set_postfix(loss=f"{last['loss']:.4f}")
+                t0, seen = time.perf_counter(), 0
+            if val is not None and self.step % self.run_cfg.val_every == 0:
+                self._log([(self.step, "val", k, v) for k, v in self.validate(val).items()])
+            if self.step % self.run_cfg.ckpt_every == 0:
+                self.save()
+            if self._should_stop(start_time, start_step, stop_after):
+                self._stop = True
+                break
+        return last
+
+    def _should_stop(self, start_time: float, start_step: int, stop_after: int | None) -> bool:
+        if self.step >= self.optim_cfg.total_steps or self._stop:
+            return True
+        if stop_after is not None and self.step - start_step >= stop_after:
+            return True
+        limit = self.run_cfg.max_time_s
+        return limit is not None and time.perf_counter() - start_time > limit
+
+    def _train_step(self, module: nn.Module, batch: CrystalBatch) -> dict[str, float]:
+        self.model.train()
+        batch = batch.to(self.device)
+        if self.batch_transform is not None:
+            batch = self.batch_transform(batch)
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.optim_cfg.lr * lr_factor(
+                self.step, self.optim_cfg.warmup_steps, self.optim_cfg.total_steps,
+                self.optim_cfg.min_lr_ratio)
+        use_bf16 = self.run_cfg.bf16 and self.device.type == "cuda"
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_bf16):
+            loss, metrics = module(batch)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = nn.utils.clip_grad_norm_(self.model.parameters(), self.optim_cfg.grad_clip)
+        self.optimizer.step()
+        self._update_ema()
+        out = {"loss": float(loss.detach()), "grad_norm": float(grad_norm),
+               "lr": self.optimizer.param_groups[0]["lr"]}
+        out.update({k: float(v) for k, v in metrics.items() if k != "loss"})
+        return out
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        decay = min(self.optim_cfg.ema_decay, (1 + self.step) / (10 + self.step))
+        for e, p in zip(self.ema.parameters(), self.model.parameters(), strict=True):
+            e.lerp_(p.detach(), 1.0 - decay)
+        for e, b in zip(self.ema.buffers(), self.model.buffers(), strict=True):
+            e.copy_(b)
+
+    @torch.no_grad()
+    def validate(self, val: CrystalDataset) -> dict[str, float]:
+        """Mean metrics of the EMA model over the first ``run.val_batches`` validation batches."""
+        loader = make_loader(val, self.data_cfg.batch_size, shuffle=False, seed=0)
+        totals: dict[str, float] = {}
+        count = 0
+        # Validation must not disturb the training RNG stream (exact resume depends on it).
+        state = torch.get_rng_state()
+        for k, batch in enumerate(loader):
+            if k >= self.run_cfg.val_batches:
+                break
+            batch = batch.to(self.device)
+            if self.batch_transform is not None:
+                batch = self.batch_transform(batch)
+            loss, metrics = self.ema(batch)
+            values = {"loss": float(loss), **{m: float(x) for m, x in metrics.items()}}
+            for key, v in values.items():
+                totals[key] = totals.get(key, 0.0) + v
+            count += 1
+        torch.set_rng_state(state)
+        return {k: v / max(1, count) for k, v in totals.items()}
+
+    def _install_sigterm(self) -> None:
+        import threading
+
+        if threading.current_thread() is not threading.main_thread():
+            return
+
+        def handler(signum: int, frame: object) -> None:
+            self._stop = True  # finish the current step, checkpoint, exit
+
+        signal.signal(signal.SIGTERM, handler)
