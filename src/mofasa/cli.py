@@ -78,7 +78,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
-    train = sub.add_parser("train", help="train the autoencoder (and, later, the diffusion model)")
+    train = sub.add_parser("train", help="train the autoencoder or the latent diffusion model")
     kinds = train.add_subparsers(dest="train_command", metavar="MODEL")
     p = kinds.add_parser(
         "autoencoder",
@@ -99,6 +99,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--stop-after", type=int, default=None,
                    help="stop (with a checkpoint) after this many steps in this call")
     p.set_defaults(func=_cmd_train_autoencoder)
+    from mofasa.sampling.cli import add_train_diffusion_parser
+
+    add_train_diffusion_parser(kinds)
     train.set_defaults(func=lambda _args: (train.print_help(), 2)[1])
 
 
@@ -171,6 +174,9 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     _add_prepare(data_sub)
     _add_inspect(data_sub)
     data.set_defaults(func=lambda _args: (data.print_help(), 2)[1])
+    from mofasa.sampling.cli import add_sample_parser
+
+    add_sample_parser(commands)
     _add_train(commands)
     _add_evaluate(commands, list(argv or []))
     return parser

@@ -41,7 +41,8 @@ def plot_metrics(path: str | Path, out: str | Path,
                 ax.plot(steps, values, label=split, lw=1.2)
         ax.set_title(name)
         ax.set_xlabel("step")
-        if "loss" in name and all(v > 0 for p in series.values() for _, v in p[:1]):
+        panel = [v for split in ("train", "val") for _, v in series.get((split, name), [])]
+        if "loss" in name and panel and min(panel) > 0:
             ax.set_yscale("log")
         ax.legend()
     fig.tight_layout()

@@ -52,14 +52,25 @@ def reconstruction_metrics(true: Crystal, pred: Crystal, matcher: object | None 
 
 
 def _load_model(checkpoint: str, device: torch.device) -> torch.nn.Module:
+    """An autoencoder from an autoencoder checkpoint, a diffusion checkpoint (which embeds
+    one) or ``default`` (the bundled model)."""
     from mofasa.training.autoencoder import load_autoencoder
+    from mofasa.training.checkpoint import load_checkpoint
 
     if checkpoint == "default":
-        raise FileNotFoundError(
-            "no bundled default model yet: pass --checkpoint PATH (the diffusion issue ships one)"
-        )
-    model, _ = load_autoencoder(checkpoint, device=device)
-    return model
+        from mofasa.sampling.api import default_model_path
+
+        checkpoint = str(default_model_path())
+    kind = load_checkpoint(checkpoint).get("kind")
+    if kind == "autoencoder":
+        return load_autoencoder(checkpoint, device=device)[0]
+    from mofasa.training.diffusion import load_diffusion
+
+    model = load_diffusion(checkpoint, device=device)
+    if not model.checkpoint_info.get("can_encode", False):
+        raise ValueError(f"{checkpoint}: this export dropped the encoder; reconstruction needs "
+                         "the full autoencoder checkpoint")
+    return model.autoencoder.eval()
 
 
 def _iter_inputs(source: str, split: str, max_atoms: int | None, limit: int | None
