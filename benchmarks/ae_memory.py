@@ -76,8 +76,13 @@ def child(kind: str, n: int, batch: int, config: str, device: str) -> dict:
         peak = torch.cuda.max_memory_allocated() / 2**20
     else:
         peak = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base_rss) / 1024
-    return {"kind": kind, "n_atoms": n, "batch": batch, "peak_mib": round(peak, 1),
-            "step_s": round(elapsed, 3)}
+    return {
+        "kind": kind,
+        "n_atoms": n,
+        "batch": batch,
+        "peak_mib": round(peak, 1),
+        "step_s": round(elapsed, 3),
+    }
 
 
 def main() -> None:
@@ -95,15 +100,35 @@ def main() -> None:
     results = []
     for n in args.sizes:
         for kind in ("mofasa", "pairs_baseline"):
-            cmd = [sys.executable, __file__, "--child", kind, str(n), "--batch", str(args.batch),
-                   "--config", args.config, "--device", args.device]
+            cmd = [
+                sys.executable,
+                __file__,
+                "--child",
+                kind,
+                str(n),
+                "--batch",
+                str(args.batch),
+                "--config",
+                args.config,
+                "--device",
+                args.device,
+            ]
             proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
             if proc.returncode == 0:
                 results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
             else:
                 results.append({"kind": kind, "n_atoms": n, "error": proc.stderr[-300:]})
-    print(json.dumps({"benchmark": "ae_memory", "config": args.config, "device": args.device,
-                      "results": results}, indent=1))
+    print(
+        json.dumps(
+            {
+                "benchmark": "ae_memory",
+                "config": args.config,
+                "device": args.device,
+                "results": results,
+            },
+            indent=1,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Benchmark `mofasa data prepare` on all of QMOF from the shared archive; prints JSON.
 
-    python benchmarks/prepare_qmof.py [--out DIR] [--max-atoms 500] [--workers 0]
+python benchmarks/prepare_qmof.py [--out DIR] [--max-atoms 500] [--workers 0]
 """
 
 from __future__ import annotations
@@ -35,19 +35,24 @@ def main() -> None:
     )
     wall = time.perf_counter() - start
     size = sum(p.stat().st_size for p in Path(args.out).glob("*.npy"))
-    print(json.dumps({
-        "benchmark": "prepare_qmof",
-        "cores": os.cpu_count(),
-        "wall_time_s": round(wall, 1),
-        "n_inputs": manifest["n_inputs"],
-        "n_accepted": manifest["n_accepted"],
-        "n_rejected": manifest["n_rejected"],
-        "splits": manifest["splits"],
-        "rejected_by_reason": manifest["rejected_by_reason"],
-        "protocol_bins": manifest["atom_count_histogram"]["protocol_bins"],
-        "dataset_bytes": size,
-        "structures_per_s": round(manifest["n_inputs"] / wall, 1),
-    }, indent=1))
+    print(
+        json.dumps(
+            {
+                "benchmark": "prepare_qmof",
+                "cores": os.cpu_count(),
+                "wall_time_s": round(wall, 1),
+                "n_inputs": manifest["n_inputs"],
+                "n_accepted": manifest["n_accepted"],
+                "n_rejected": manifest["n_rejected"],
+                "splits": manifest["splits"],
+                "rejected_by_reason": manifest["rejected_by_reason"],
+                "protocol_bins": manifest["atom_count_histogram"]["protocol_bins"],
+                "dataset_bytes": size,
+                "structures_per_s": round(manifest["n_inputs"] / wall, 1),
+            },
+            indent=1,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -32,8 +32,13 @@ def build_random(spec: str, hist: torch.Tensor | None):
     torch.manual_seed(0)
     ae = CrystalAutoencoder(get_preset(ae_name))
     c = ae.config
-    den = Denoiser(dataclasses.replace(get_denoiser_preset(den_name), latent_dim=c.latent_dim,
-                                       global_latent_dim=c.global_latent_dim))
+    den = Denoiser(
+        dataclasses.replace(
+            get_denoiser_preset(den_name),
+            latent_dim=c.latent_dim,
+            global_latent_dim=c.global_latent_dim,
+        )
+    )
     if hist is None:  # QMOF-like spread if nothing better is given
         hist = torch.zeros(151, dtype=torch.long)
         hist[20:151] = 1
@@ -72,8 +77,14 @@ def main() -> None:
         model = load_model(args.model, str(device))
     if hist is not None:
         model.num_atoms_hist = hist.to(device)
-    kw = {"steps": args.steps, "sampler": args.sampler, "atoms": args.atoms, "bf16": args.bf16,
-          "batch_size": args.batch_size, "seed": args.seed}
+    kw = {
+        "steps": args.steps,
+        "sampler": args.sampler,
+        "atoms": args.atoms,
+        "bf16": args.bf16,
+        "batch_size": args.batch_size,
+        "seed": args.seed,
+    }
 
     def sync() -> None:
         if device.type == "cuda":
@@ -88,17 +99,29 @@ def main() -> None:
         atoms += sum(c.num_atoms for c in crystals)
     sync()
     seconds = time.perf_counter() - start
-    print(json.dumps({
-        "model": args.model, "num": args.num, "steps": args.steps or model.config.steps,
-        "sampler": args.sampler or model.config.sampler, "batch_size": args.batch_size,
-        "device": str(device), "bf16": args.bf16, "threads": torch.get_num_threads(),
-        "mean_atoms": atoms / max(args.num, 1), "seconds": round(seconds, 3),
-        "structures_per_s": round(args.num / seconds, 2),
-        "seconds_per_1000": round(1000 * seconds / max(args.num, 1), 3),
-        "denoiser_parameters": model.denoiser.num_parameters(),
-        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-        "cpu": platform.processor() or platform.machine(), "torch": torch.__version__,
-    }, indent=1))
+    print(
+        json.dumps(
+            {
+                "model": args.model,
+                "num": args.num,
+                "steps": args.steps or model.config.steps,
+                "sampler": args.sampler or model.config.sampler,
+                "batch_size": args.batch_size,
+                "device": str(device),
+                "bf16": args.bf16,
+                "threads": torch.get_num_threads(),
+                "mean_atoms": atoms / max(args.num, 1),
+                "seconds": round(seconds, 3),
+                "structures_per_s": round(args.num / seconds, 2),
+                "seconds_per_1000": round(1000 * seconds / max(args.num, 1), 3),
+                "denoiser_parameters": model.denoiser.num_parameters(),
+                "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+                "cpu": platform.processor() or platform.machine(),
+                "torch": torch.__version__,
+            },
+            indent=1,
+        )
+    )
 
 
 if __name__ == "__main__":

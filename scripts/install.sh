@@ -10,3 +10,5 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install --quiet torch==2.13.0
 .venv/bin/python -m pip install --quiet -e ".[dev]"
+# Evaluation tools (MOFChecker 0.9.6 with its Python 3.11 fixes, CHGNet): see docs/EVALUATION.md
+bash scripts/install_eval.sh

@@ -106,13 +106,22 @@ def _iter_tar(path: Path) -> Iterator[tuple[str, bytes]]:
 
 def _iter_coremof(spec: str) -> Iterator[tuple[str, bytes]]:
     """CoRE MOF 2019 from the optional PyPI package ``core-mof`` (``core-mof[:SUBSET]``)."""
-    try:
-        import core_mof  # type: ignore[import-not-found]
-    except ImportError as exc:
-        raise UsageError("--input core-mof: install the optional package `core-mof`") from exc
+    import importlib
+
+    core_mof = None
+    for module in ("CoRE_MOF", "core_mof"):  # the wheel's module is CoRE_MOF
+        try:
+            core_mof = importlib.import_module(module)
+            break
+        except ImportError:
+            continue
+    if core_mof is None:
+        raise UsageError("--input core-mof: install the optional package `core-mof`")
     root = Path(core_mof.__file__).parent
     subset = spec.split(":", 1)[1].lower() if ":" in spec else ""
-    archives = sorted(p for p in root.rglob("*") if tarfile.is_tarfile(p) or p.suffix == ".zip")
+    archives = sorted(
+        p for p in root.rglob("*") if p.is_file() and (p.suffix == ".zip" or tarfile.is_tarfile(p))
+    )
     for arc in archives:
         if subset and subset not in arc.name.lower():
             continue
