@@ -24,7 +24,6 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
-from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -43,13 +42,13 @@ from mofasa.data.cif import read_cif
 from mofasa.data.dataset import FRAC_SCALE
 from mofasa.data.elements import SYMBOLS
 from mofasa.data.errors import CrystalError
+from mofasa.data.sizes import SIZE_BINS
 from mofasa.data.split import SPLITS, hash_split
 from mofasa.geometry.lattice import lattice_to_parameters
 
 __all__ = ["FRAC_SCALE", "PrepareConfig", "UsageError", "iter_sources", "prepare_dataset"]
 
 CHUNK = 512
-SIZE_BINS = (17, 51, 91, 131, 151, 251, 501)  # protocol bins: 17-50, 51-90, ..., >500
 
 
 class UsageError(RuntimeError):
@@ -424,11 +423,9 @@ def _histograms(counts: list[int]) -> dict:
     counts_arr = np.asarray(counts, dtype=np.int64)
     edges = list(range(0, int(counts_arr.max(initial=0)) + 11, 10))
     hist, _ = np.histogram(counts_arr, bins=edges)
-    protocol = {}
-    for lo, hi in pairwise(SIZE_BINS):
-        protocol[f"{lo}-{hi - 1}"] = int(((counts_arr >= lo) & (counts_arr < hi)).sum())
-    protocol[f">{SIZE_BINS[-1] - 1}"] = int((counts_arr >= SIZE_BINS[-1]).sum())
-    protocol[f"<{SIZE_BINS[0]}"] = int((counts_arr < SIZE_BINS[0]).sum())
+    protocol = {
+        label: int(((counts_arr >= lo) & (counts_arr <= hi)).sum()) for label, lo, hi in SIZE_BINS
+    }
     exact = dict(zip(*np.unique(counts_arr, return_counts=True), strict=True))
     return {
         "bin_width": 10,

@@ -7,22 +7,11 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
+from mofasa.data.sizes import SIZE_BINS, size_bin
 from mofasa.evaluation.symmetry import CRYSTAL_SYSTEMS, SYMPRECS, symprec_tag
 from mofasa.evaluation.validity import COMPOSITION_FLAGS, REPORTED_FLAGS, RULE_FLAGS
 
 __all__ = ["PREFIXES", "SIZE_BINS", "VALID_KEY", "size_bin", "summarize"]
-
-#: the protocol's size bins (atoms in the cell as given), as (label, low, high) inclusive
-SIZE_BINS: tuple[tuple[str, int, int], ...] = (
-    ("<17", 0, 16),
-    ("17-50", 17, 50),
-    ("51-90", 51, 90),
-    ("91-130", 91, 130),
-    ("131-150", 131, 150),
-    ("151-250", 151, 250),
-    ("251-500", 251, 500),
-    (">500", 501, 10**9),
-)
 
 #: key prefix of each (structure, validity mode) pair in the records
 PREFIXES = {
@@ -35,9 +24,6 @@ PREFIXES = {
 VALID_KEY = {"": "valid", "strict_": "valid_strict", "relaxed_": "valid_relaxed",
              "relaxed_strict_": "valid_relaxed_strict"}  # fmt: skip
 
-
-def size_bin(num_atoms: int) -> str:
-    return next(label for label, lo, hi in SIZE_BINS if lo <= num_atoms <= hi)
 
 
 def _rate(count: int, n: int) -> float | None:

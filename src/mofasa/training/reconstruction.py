@@ -13,19 +13,12 @@ import torch
 
 from mofasa.data.batch import collate
 from mofasa.data.crystal import Crystal
+from mofasa.data.sizes import size_bin
 from mofasa.training.loop import resolve_device
 
-__all__ = ["SIZE_BINS", "evaluate_reconstruction", "reconstruction_metrics"]
+__all__ = ["evaluate_reconstruction", "reconstruction_metrics"]
 
-SIZE_BINS = ((17, 50), (51, 90), (91, 130), (131, 150), (151, 250), (251, 500), (501, 10**9))
 MATCHER = {"ltol": 0.2, "stol": 0.3, "angle_tol": 5.0}
-
-
-def _bin_name(n: int) -> str:
-    for lo, hi in SIZE_BINS:
-        if lo <= n <= hi:
-            return f"{lo}-{hi}" if hi < 10**9 else f">{lo - 1}"
-    return f"<{SIZE_BINS[0][0]}"
 
 
 def reconstruction_metrics(true: Crystal, pred: Crystal, matcher: object | None = None) -> dict:
@@ -156,7 +149,7 @@ def _summarise(rows: list[dict], checkpoint: str, source: str) -> dict:
 
     bins: dict[str, list[dict]] = {}
     for r in rows:
-        bins.setdefault(_bin_name(r["n_atoms"]), []).append(r)
+        bins.setdefault(size_bin(r["n_atoms"]), []).append(r)
     return {**agg(rows), "by_size": {k: agg(v) for k, v in sorted(bins.items())},
             "checkpoint": checkpoint, "input": source, "matcher": MATCHER}
 
