@@ -26,6 +26,9 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=200)
     p.add_argument("--threads", type=int, default=1, help="torch threads in the worker")
     p.add_argument("--modes", default="default")
+    p.add_argument("--relax-timeout", type=float, default=600.0,
+                   help="seconds per relaxation job; the relaxation itself stops (kept, not "
+                        "converged) 60 s before")
     p.add_argument("--out", required=True)
     args = p.parse_args()
 
@@ -41,6 +44,7 @@ def main() -> None:
         relax=True,
         fmax=args.fmax,
         steps=args.steps,
+        relax_timeout=args.relax_timeout,
         threads=args.threads,
         thumbnails=0,
         progress=True,

@@ -160,3 +160,19 @@ def test_eqeq_import_failure_is_loud(real_mof, monkeypatch):
 def test_unknown_mode_rejected(real_mof):
     with pytest.raises(ValueError, match="mode"):
         check_validity(real_mof, "fast")
+
+
+def test_index_cache_keyed_by_species_returns_mofchecker_values(real_mof):
+    """The compat layer keys mofchecker's element-index cache by the species sequence (its
+    equality-keyed lru_cache costs O(N^2) per look-up); the values must be mofchecker's own."""
+    compat.import_mofchecker()
+    from mofchecker.checks.utils import get_indices as module
+    from pymatgen.core import IStructure
+
+    assert module.get_indices._mofasa_compat
+    compute = module._get_indices.__wrapped__
+    s = real_mof.to_pymatgen()
+    shuffled = real_mof.copy(numbers=np.roll(real_mof.numbers, 7)).to_pymatgen()
+    for structure in (s, shuffled, s, IStructure.from_sites(s)):
+        assert module.get_indices(structure) == compute(IStructure.from_sites(structure))
+    assert module.get_c_indices(shuffled) != module.get_c_indices(s)

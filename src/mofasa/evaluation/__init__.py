@@ -1,8 +1,9 @@
 """mofasa.evaluation: the field's MOF evaluation protocol (see docs/EVALUATION.md).
 
-Validity with mofchecker 0.9.6 (through a compatibility layer for current pymatgen), novelty and
-uniqueness with StructureMatcher, crystal systems with spglib, relaxation through any ASE
-calculator (CHGNet by default), optional Zeo++ pores, and a report. Every check runs in an
+Validity with mofchecker 0.9.6 (through a compatibility layer for current pymatgen; optionally
+screened: stopped at the first failing check), novelty and uniqueness with StructureMatcher,
+crystal systems with spglib, relaxation through any ASE calculator (CHGNet by default), optional
+Zeo++ pores and RCSR topology (moffragmentor + Systre), and a report. Every check runs in an
 isolated worker process with a time limit.
 
     from mofasa.evaluation import evaluate
@@ -26,6 +27,7 @@ if TYPE_CHECKING:  # pragma: no cover
         evaluate,
         relax_structures,
     )
+    from mofasa.evaluation.topology import identify_topology, require_topology
     from mofasa.evaluation.validity import RULE_FLAGS, check_validity
 
 __all__ = [
@@ -38,9 +40,11 @@ __all__ = [
     "RelaxSettings",
     "check_validity",
     "evaluate",
+    "identify_topology",
     "relax_crystal",
     "relax_structures",
     "require_checkers",
+    "require_topology",
     "uniqueness",
 ]
 
@@ -51,6 +55,7 @@ _WHERE = {
     "EvaluationConfig": "runner", "EvaluationResult": "runner", "evaluate": "runner",
     "relax_structures": "runner",
     "RULE_FLAGS": "validity", "check_validity": "validity",
+    "identify_topology": "topology", "require_topology": "topology",
 }  # fmt: skip
 
 

@@ -13,18 +13,34 @@ renamed in 2024-2025 releases, and they turn several environment failures into *
   Unhandled, mofchecker's *default* constructor (``symprec=0.5``) fails structures that the strict
   mode passes. We convert it to ``TypeError`` so mofchecker does what it did when it was
   published: skip the symmetrisation and go on with the structure as given.
+* mofchecker caches element indices keyed by structure equality, which current pymatgen
+  computes in O(N^2): the same look-ups keyed by the species sequence (see
+  `_patch_index_cache`; speed only, same values).
 * The EQeq charge check imports ``pyeqeq``, which imports ``pkg_resources`` (gone in setuptools
   81+). When that import fails, mofchecker warns, the check returns None, and
   ``has_high_charges`` reads ``not None == True`` for EVERY structure (validity 0%). We make that
   failure raise `EvaluationSetupError` instead, and `require_checkers` tests it up front.
 
+moffragmentor 0.0.6 (topology, optional) needs the same pymatgen aliases and two more fixes:
+
+* current networkx (3.6 here) refuses multigraphs in ``weisfeiler_lehman_graph_hash``, which
+  moffragmentor calls on every building block's ``MoleculeGraph`` (a MultiDiGraph) to compare
+  blocks: every fragmentation fails. Without edge attributes the algorithm reads only each
+  node's label and its set of neighbours, so collapsing parallel edges (MultiDiGraph ->
+  DiGraph, keeping direction and node labels) changes nothing it reads.
+* moffragmentor disables its own loguru logger on import, so its errors (a failed
+  fragmentation, a failed net construction, a failed Systre run) vanish and the topology reads
+  as merely empty. We enable it; `mofasa.evaluation.topology` records its messages.
+
 `apply()` is idempotent and must run before mofchecker is imported; `import_mofchecker()` does
-both. Nothing here runs at import time of this module.
+both, and `import_moffragmentor()` does the same for moffragmentor. Nothing here runs at import
+time of this module.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
 import importlib.metadata as md
 import warnings
@@ -35,11 +51,14 @@ __all__ = [
     "apply",
     "checker_versions",
     "import_mofchecker",
+    "import_moffragmentor",
     "is_applied",
+    "is_moffragmentor_applied",
     "require_checkers",
 ]
 
 MOFCHECKER_VERSION = "0.9.6"
+MOFFRAGMENTOR_VERSION = "0.0.6"
 _APPLIED = False
 
 _INSTALL_HINT = "run `bash scripts/install_eval.sh` (see docs/EVALUATION.md)"
@@ -117,6 +136,8 @@ def _patch_mofchecker() -> None:
 
         mofchecker.SpacegroupAnalyzer = _SpacegroupAnalyzer
 
+    _patch_index_cache()
+
     check = charge_check.ChargeCheck
     if not getattr(check._run_check, "_mofasa_compat", False):
         original = check._run_check
@@ -132,6 +153,37 @@ def _patch_mofchecker() -> None:
 
         _run_check._mofasa_compat = True
         check._run_check = _run_check
+
+
+def _patch_index_cache() -> None:
+    """Key mofchecker's element-index cache by the species sequence (speed only).
+
+    mofchecker 0.9.6 caches the indices of C, H, N, O, metal ... atoms in an ``lru_cache``
+    keyed by the *structure*, whose equality current pymatgen tests site by site (``all(site in
+    other ...)``: O(N^2) ``allclose`` calls). Every look-up with a new but equal structure
+    object (each check converts its structure again) pays that comparison: 0.08 s per look-up
+    at 30-60 atoms, ~20 look-ups per checker, growing quadratically with size. The indices are a
+    function of the species sequence alone (element symbols and element properties), so keying
+    the cache by it returns exactly what mofchecker computes, in O(N).
+    """
+    from mofchecker.checks.utils import get_indices as module
+
+    if getattr(module.get_indices, "_mofasa_compat", False):
+        return
+    compute = getattr(module._get_indices, "__wrapped__", module._get_indices)
+    cache: dict[tuple, dict] = {}
+
+    def get_indices(structure):  # noqa: ANN001
+        key = tuple(structure.species)
+        indices = cache.get(key)
+        if indices is None:
+            if len(cache) >= 8:
+                cache.clear()
+            indices = cache[key] = compute(structure)
+        return indices
+
+    get_indices._mofasa_compat = True
+    module.get_indices = get_indices  # get_c_indices & co. look it up at call time
 
 
 def apply() -> None:
@@ -218,12 +270,83 @@ def require_checkers() -> dict[str, str]:
     return checker_versions()
 
 
+def _patch_moffragmentor() -> None:
+    import networkx as nx
+    from loguru import logger
+    from moffragmentor.sbu import sbu
+
+    cls = sbu.SBU
+    if not getattr(cls.__dict__.get("weisfeiler_lehman_graph_hash"), "_mofasa_compat", False):
+
+        def weisfeiler_lehman_graph_hash(self) -> str:  # noqa: ANN001
+            graph = self.molecule_graph.graph
+            if graph.is_multigraph():  # current networkx raises on these (see above)
+                graph = nx.DiGraph(graph) if graph.is_directed() else nx.Graph(graph)
+            with warnings.catch_warnings():  # "directed hashes changed in 3.5": only compared
+                warnings.simplefilter("ignore", UserWarning)  # within one run, so harmless
+                return nx.weisfeiler_lehman_graph_hash(graph, node_attr="specie")
+
+        prop = functools.cached_property(weisfeiler_lehman_graph_hash)
+        prop.__set_name__(cls, "weisfeiler_lehman_graph_hash")
+        prop._mofasa_compat = True
+        cls.weisfeiler_lehman_graph_hash = prop
+    logger.enable("moffragmentor")  # it disables itself on import: errors would be hidden
+
+
+def import_moffragmentor():  # noqa: ANN201
+    """Apply the compatibility layer and return the ``moffragmentor`` module.
+
+    Raises:
+        EvaluationSetupError: moffragmentor is missing, is not version 0.0.6, or cannot import.
+    """
+    _patch_pymatgen()  # before moffragmentor: it calls StructureGraph.with_* and friends
+    try:
+        version = md.version("moffragmentor")
+    except md.PackageNotFoundError as exc:
+        raise EvaluationSetupError(
+            f"moffragmentor is not installed (needed by --topology); {_INSTALL_HINT}"
+        ) from exc
+    if version != MOFFRAGMENTOR_VERSION:
+        raise EvaluationSetupError(
+            f"moffragmentor {version} is installed; --topology is tested with "
+            f"{MOFFRAGMENTOR_VERSION}"
+        )
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            import moffragmentor
+    except Exception as exc:
+        raise EvaluationSetupError(
+            f"moffragmentor cannot be imported ({type(exc).__name__}: {exc}); {_INSTALL_HINT}"
+        ) from exc
+    _patch_pymatgen()
+    _patch_moffragmentor()
+    return moffragmentor
+
+
+def is_moffragmentor_applied() -> bool:
+    """True when moffragmentor is imported and its fixes are in place."""
+    import sys
+
+    if "moffragmentor" not in sys.modules:
+        return False
+    from moffragmentor.sbu import sbu
+    from pymatgen.analysis import graphs
+
+    prop = sbu.SBU.__dict__.get("weisfeiler_lehman_graph_hash")
+    return (
+        getattr(prop, "_mofasa_compat", False)
+        and hasattr(graphs.StructureGraph, "with_local_env_strategy")
+        and hasattr(graphs.MoleculeGraph, "with_edges")
+    )
+
+
 def checker_versions() -> dict[str, str]:
     """Versions of every tool the evaluation may use (missing ones are left out)."""
     names = (
         "mofchecker", "pyeqeq", "libconeangle", "structuregraph-helpers", "pymatgen",
         "pymatgen-core", "spglib", "ase", "networkx", "setuptools", "chgnet", "torch", "pyzeo",
-        "mofasa",
+        "moffragmentor", "rdkit", "openbabel-wheel", "mofasa",
     )  # fmt: skip
     out = {}
     for name in names:

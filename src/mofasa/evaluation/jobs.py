@@ -14,7 +14,7 @@ from typing import Any
 from mofasa.data.crystal import Crystal
 from mofasa.evaluation import compat, novelty, symmetry, validity
 
-__all__ = ["analysis_job", "pores_job", "relax_job", "validity_job"]
+__all__ = ["analysis_job", "pores_job", "relax_job", "topology_job", "validity_job"]
 
 _REFERENCES: dict[tuple[str, str], novelty.ReferenceIndex] = {}
 _MATCHER: list[novelty.Matcher] = []
@@ -42,9 +42,9 @@ def _quiet_fds() -> Iterator[None]:
             os.close(fd)
 
 
-def validity_job(crystal: Crystal, mode: str) -> dict[str, Any]:
+def validity_job(crystal: Crystal, mode: str, screen: bool = False) -> dict[str, Any]:
     """mofchecker verdict in one mode (see `validity.check_validity`)."""
-    return validity.check_validity(crystal, mode)
+    return validity.check_validity(crystal, mode, screen=screen)
 
 
 def _reference(spec: tuple[str, str] | None) -> novelty.ReferenceIndex | None:
@@ -93,3 +93,21 @@ def pores_job(crystal: Crystal) -> dict[str, Any]:
 
     with _quiet_fds():
         return pore_metrics(crystal)
+
+
+_TOPOLOGY_READY: list[bool] = []
+
+
+def topology_job(crystal: Crystal, timeout: float) -> dict[str, Any]:
+    """RCSR net via moffragmentor + Systre (see `topology.identify_topology`).
+
+    moffragmentor is imported here, not in the forkserver: runs without ``--topology`` should
+    not pay for it (0.4 s), and a replacement worker after a timeout imports it again anyway.
+    """
+    from mofasa.evaluation import topology
+
+    if not _TOPOLOGY_READY:
+        compat.import_moffragmentor()
+        topology._quiet_loguru_default()  # messages go into the record, not onto the terminal
+        _TOPOLOGY_READY.append(True)
+    return topology.identify_topology(crystal, timeout)

@@ -32,15 +32,14 @@ def plot_summary(out: Path, records: Sequence[dict], summary: dict[str, Any]) ->
     plt = _pyplot()
     names = []
 
-    mode = "headline" if summary.get("flag_rates") else "strict"
-    rates = summary.get("flag_rates") or summary.get("flag_rates_strict") or {}
+    rates, mode, xlabel = _plotted_flag_rates(summary)
     extra = ("no_carbon", "no_hydrogen", "no_metal", "check_failed")
     flags = [f for f in (*RULE_FLAGS, *extra) if rates.get(f) is not None]
     fig, ax = plt.subplots(figsize=(7, 4.2))
     ax.barh([f.removeprefix("has_") for f in flags], [100 * rates[f] for f in flags], color="C3")
     ax.invert_yaxis()
     ax.set_xlim(0, max([5.0, *(100 * rates[f] * 1.1 for f in flags)]))
-    ax.set_xlabel("% of requested structures")
+    ax.set_xlabel(xlabel)
     ax.set_title(f"MOFChecker failures ({mode} mode)")
     fig.tight_layout()
     fig.savefig(out / "flag_rates.png", dpi=100)
@@ -95,6 +94,18 @@ def plot_summary(out: Path, records: Sequence[dict], summary: dict[str, Any]) ->
     return names
 
 
+def _plotted_flag_rates(summary: dict[str, Any]) -> tuple[dict[str, float | None], str, str]:
+    """(flag -> rate, mode label, axis label) for the flag plot: headline mode when it ran."""
+    if summary.get("screen"):
+        screened = summary.get("flag_rates_screened") or summary.get("flag_rates_screened_strict")
+        mode = "headline" if summary.get("flag_rates_screened") else "strict"
+        rates = {k: v["rate"] for k, v in (screened or {}).items() if isinstance(v, dict)}
+        return rates, f"{mode}, screened", "% of the structures where the check ran"
+    mode = "headline" if summary.get("flag_rates") else "strict"
+    rates = summary.get("flag_rates") or summary.get("flag_rates_strict") or {}
+    return rates, mode, "% of requested structures"
+
+
 def thumbnail(crystal: Any, path: Path, size: float = 1.6) -> None:
     """A small PNG of the structure (ASE's ``plot_atoms``, slightly tilted)."""
     from ase.visualize.plot import plot_atoms
@@ -134,10 +145,12 @@ def _failing(rec: dict) -> str:
         fails.append("check error")
     if rec.get("read_error"):
         fails.append("unreadable")
+    if rec.get("flags_not_computed"):  # screening stopped at the first failure
+        fails.append(f"{len(json.loads(rec['flags_not_computed']))} checks not run (screen)")
     return ", ".join(fails)
 
 
-def _row(rec: dict, thumb: str | None) -> str:
+def _row(rec: dict, thumb: str | None, topology: bool = False) -> str:
     def cell(v: Any) -> str:
         return html.escape("" if v is None else str(v))
 
@@ -151,7 +164,34 @@ def _row(rec: dict, thumb: str | None) -> str:
         f"<td>{cell(yes_no[rec.get('valid_strict')])}</td>"
         f"<td>{cell(_failing(rec))}</td>"
         f"<td>{cell(yes_no[rec.get('novel')])}</td><td>{cell(yes_no[rec.get('unique')])}</td>"
-        f"<td>{cell(rec.get('crystal_system_001'))}</td></tr>"
+        f"<td>{cell(rec.get('crystal_system_001'))}</td>"
+        + (f"<td>{cell(_net(rec))}</td>" if topology else "")
+        + "</tr>"
+    )
+
+
+def _net(rec: dict) -> str:
+    status = rec.get("topology_status")
+    if status == "ok":
+        return str(rec.get("topology"))
+    return f"({status})" if status else ""
+
+
+def _topology_section(summary: dict[str, Any]) -> str:
+    t = summary.get("topology")
+    if not t:
+        return ""
+    nets = "".join(f"<tr><td>{html.escape(str(k))}</td><td>{v}</td>"
+                   f"<td>{t['nets_valid'].get(k, 0)}</td></tr>"
+                   for k, v in list(t["nets"].items())[:30])  # fmt: skip
+    status = ", ".join(f"{html.escape(k)}: {v}" for k, v in t["status_counts"].items())
+    return (
+        "<h2>Topology</h2><p>RCSR nets from moffragmentor 0.0.6 + Systre: "
+        f"{t['n_named']} of {t['n_attempted']} structures named "
+        f"({_pct(t['named_share_of_attempted'])}; {_pct(t['named_rate'])} of requested), "
+        f"{t['n_distinct_nets']} distinct nets. Outcomes: {status}.</p>"
+        '<table id="nets"><tr><th>net</th><th>structures</th><th>of them valid</th></tr>'
+        f"{nets}</table>"
     )
 
 
@@ -173,7 +213,7 @@ def write_report(
                 if crystal is not None and crystal.num_atoms:
                     thumbnail(crystal, out / name)
             thumb = name if (out / name).is_file() else None
-        rows.append(_row(rec, thumb))
+        rows.append(_row(rec, thumb, topology="topology" in summary))
     s = summary
     kpis = [
         ("requested", s["n_requested"]), ("evaluated", s["n_evaluated"]),
@@ -184,6 +224,16 @@ def write_report(
     ]  # fmt: skip
     if "valid_rate_relaxed" in s:
         kpis.insert(4, ("valid (relaxed)", _pct(s["valid_rate_relaxed"])))
+    if "topology" in s:
+        kpis.append(("net named", _pct(s["topology"]["named_rate"])))
+    screen_note = (
+        "<p><b>Screen mode:</b> each structure's checks stopped at its first failure; verdicts "
+        "are the full mode's, and each flag's rate is over the structures where that check ran."
+        "</p>"
+        if s.get("screen")
+        else ""
+    )
+    net_header = "<th>net (RCSR)</th>" if "topology" in s else ""
     kpi_html = "".join(f'<span class="kpi"><b>{v}</b>{html.escape(k)}</span>' for k, v in kpis)
     figs = "".join(f'<img src="{p}" alt="{p}">' for p in plots)
     page = f"""<!DOCTYPE html>
@@ -193,12 +243,14 @@ def write_report(
 <p>MOFChecker 0.9.6 rule (C, H and a metal; none of the 12 flags). Headline: mofchecker's
 constructor defaults; strict: the structure as given. Rates are over the number requested.
 Novelty and uniqueness: pymatgen StructureMatcher (ltol 0.2, stol 0.3, angle_tol 5).</p>
+{screen_note}
 <div id="kpis">{kpi_html}</div>
 <h2>Plots</h2><div class="figs">{figs}</div>
+{_topology_section(s)}
 <h2>Structures</h2>
 <table id="structures"><tr><th>#</th><th>view</th><th>name</th><th>atoms</th><th>composition</th>
 <th>headline</th><th>strict</th><th>failed checks</th><th>novel</th><th>unique</th>
-<th>crystal system (0.01)</th></tr>
+<th>crystal system (0.01)</th>{net_header}</tr>
 {"".join(rows)}
 </table>
 <h2>summary.json</h2><pre>{html.escape(json.dumps(summary, indent=1, default=str))}</pre>

@@ -1,9 +1,10 @@
-"""`evaluate`: validity, symmetry, novelty, uniqueness, relaxation, pores -> records + summary.
+"""`evaluate`: validity, symmetry, novelty, uniqueness, relaxation, pores, topology -> records +
+summary.
 
 Flow, per chunk of inputs: read (parent) -> jobs in isolated workers (validity in each mode,
-symmetry + novelty, relaxation, pores; then validity of the relaxed structure) -> one row per
-input in ``results.db``, written as soon as all of that input's jobs are done. After the last
-chunk: uniqueness over all rows, ``summary.json``, plots and ``report.html``. A killed run
+symmetry + novelty, relaxation, pores, topology; then validity of the relaxed structure) -> one
+row per input in ``results.db``, written as soon as all of that input's jobs are done. After the
+last chunk: uniqueness over all rows, ``summary.json``, plots and ``report.html``. A killed run
 resumes from ``results.db``: inputs whose row exists are skipped, and each row is written in its
 own transaction, so none is lost or written twice.
 """
@@ -27,7 +28,7 @@ from mofasa.evaluation.pool import IsolatedPool, JobResult
 from mofasa.evaluation.relax import RelaxSettings, calculator_name
 from mofasa.evaluation.store import MemoryStore, ResultStore, open_store
 from mofasa.evaluation.summary import PREFIXES, VALID_KEY, size_bin, summarize
-from mofasa.evaluation.validity import MODES
+from mofasa.evaluation.validity import MODES, SCREEN_ORDER
 
 __all__ = ["EvaluationConfig", "EvaluationResult", "evaluate", "relax_structures"]
 
@@ -45,6 +46,9 @@ class EvaluationConfig:
         fmax, steps: optimiser limits (eV/Å, steps).
         device: relaxation device (None: CUDA when present).
         pores: Zeo++ pore metrics (slow: 17-65 s per MOF).
+        topology: RCSR net through moffragmentor + Systre (needs java; 5-15 s per MOF).
+        topology_timeout: seconds per topology job (fragmentation + Systre).
+        screen: validity checks stop at the first failing one (same verdicts, fewer flags).
         workers: worker processes.
         timeout: seconds per check job (validity, symmetry/novelty, pores).
         relax_timeout: seconds per relaxation job.
@@ -65,6 +69,9 @@ class EvaluationConfig:
     steps: int = 200
     device: str | None = None
     pores: bool = False
+    topology: bool = False
+    topology_timeout: float = 180.0
+    screen: bool = False
     workers: int = 1
     timeout: float = 300.0
     relax_timeout: float = 1800.0
@@ -77,7 +84,7 @@ class EvaluationConfig:
 
     def fingerprint(self) -> dict[str, Any]:
         """Settings that must match for a run to resume in the same folder."""
-        return {
+        out = {
             "reference": str(self.reference) if self.reference else None,
             "reference_split": self.reference_split,
             "modes": list(self.modes),
@@ -87,6 +94,12 @@ class EvaluationConfig:
             "steps": self.steps if self.relax else None,
             "pores": self.pores,
         }
+        # only when on, so that folders written before these options existed still resume
+        if self.topology:
+            out["topology"] = True
+        if self.screen:
+            out["screen"] = True
+        return out
 
 
 @dataclass
@@ -124,8 +137,20 @@ def _put_validity(rec: dict, prefix: str, res: JobResult) -> None:
             rec[prefix + flag] = value
     if v["errors"]:
         rec[prefix + "check_errors"] = json.dumps(v["errors"])
+    if v.get("not_computed"):  # screening: absent flags were not run, which is not "passed"
+        rec[prefix + "flags_not_computed"] = json.dumps(v["not_computed"])
+    if v.get("stopped_at"):
+        rec[prefix + "screen_stopped_at"] = v["stopped_at"]
     if v.get("checked_atoms") is not None:
         rec[prefix + "checked_atoms"] = v["checked_atoms"]
+
+
+def _put_topology(rec: dict, res: JobResult) -> None:
+    rec["topology_seconds"] = round(res.seconds, 3)
+    if res.status != "ok":  # timeout / crash / error of the job itself: no net, and why
+        rec.update(topology="", topology_status=res.status, topology_error=res.error or "")
+        return
+    rec.update(res.value)
 
 
 def _put_job(rec: dict, name: str, res: JobResult, keep: Iterable[str] | None = None) -> None:
@@ -144,7 +169,9 @@ class _Run:
         self.config = config
         self.store = store
         self.pool = pool
-        self.relax_settings = RelaxSettings(config.fmax, config.steps, None, config.device)
+        # stop a slow relaxation itself (kept, not converged) before the pool kills the job
+        wall = max(config.relax_timeout - 60.0, 0.8 * config.relax_timeout)
+        self.relax_settings = RelaxSettings(config.fmax, config.steps, wall, config.device)
         self.reference = (
             (str(config.reference), config.reference_split) if config.reference else None
         )
@@ -152,13 +179,18 @@ class _Run:
     def _jobs(self, item: InputItem) -> list[tuple]:
         """The first jobs of one readable input."""
         cfg, c, i = self.config, item.crystal, item.index
-        out: list[tuple] = [((i, "raw", m), jobs.validity_job, (c, m)) for m in cfg.modes]
+        out: list[tuple] = [
+            ((i, "raw", m), jobs.validity_job, (c, m, cfg.screen)) for m in cfg.modes
+        ]
         out.append(((i, "analysis"), jobs.analysis_job, (c, self.reference)))
         if cfg.relax:
             args = (c, cfg.calculator, self.relax_settings)
             out.append(((i, "relax"), jobs.relax_job, args, cfg.relax_timeout))
         if cfg.pores:
             out.append(((i, "pores"), jobs.pores_job, (c,)))
+        if cfg.topology:  # its own time limit: a Java hang costs this one job
+            args = (c, cfg.topology_timeout)
+            out.append(((i, "topology"), jobs.topology_job, args, cfg.topology_timeout))
         return out
 
     def _take(self, rec: dict, res: JobResult, queue: deque, relaxed: dict) -> int:
@@ -168,13 +200,16 @@ class _Run:
             _put_validity(rec, PREFIXES[(kind, res.key[2])], res)
         elif kind in ("analysis", "pores"):
             _put_job(rec, kind, res)
+        elif kind == "topology":
+            _put_topology(rec, res)
         elif kind == "relax":
             _put_job(rec, "relax", res, keep=())
             if res.status == "ok":
                 relaxed[i] = res.value["crystal"]
                 rec.update(_relax_fields(res.value))
                 for mode in self.config.modes:
-                    queue.append(((i, "relaxed", mode), jobs.validity_job, (relaxed[i], mode)))
+                    args = (relaxed[i], mode, self.config.screen)
+                    queue.append(((i, "relaxed", mode), jobs.validity_job, args))
                 return len(self.config.modes)
             for mode in self.config.modes:  # not relaxed: not valid after relaxation
                 rec[VALID_KEY[PREFIXES[("relaxed", mode)]]] = False
@@ -279,6 +314,10 @@ def evaluate(
     if unknown or not config.modes:
         raise ValueError(f"modes must be a non-empty subset of {sorted(MODES)}")
     versions = require_checkers()
+    if config.topology:  # before any structure: a missing java must not read as "no net"
+        from mofasa.evaluation.topology import require_topology
+
+        versions.update(require_topology())
     start = time.perf_counter()
     source_spec = str(source) if isinstance(source, (str, Path)) else "<objects>"
     store = open_store(out, source_spec, config.fingerprint()) if out else MemoryStore()
@@ -299,12 +338,15 @@ def evaluate(
             bar.close()
     records = store.records()
     _apply_uniqueness(store, records)
-    summary = summarize(records, config.n_requested, relaxed=config.relax, modes=config.modes)
+    summary = summarize(records, config.n_requested, relaxed=config.relax, modes=config.modes,
+                        screen=config.screen)  # fmt: skip
     wall = time.perf_counter() - start
     summary["settings"] = {
         **config.fingerprint(),
         "workers": config.workers,
         "timeout_s": config.timeout,
+        "topology_timeout_s": config.topology_timeout if config.topology else None,
+        "screen_order": ["composition", *SCREEN_ORDER] if config.screen else None,
         "validity_modes": {m: MODES[m] or "mofchecker constructor defaults" for m in config.modes},
         "matcher": MATCHER_SETTINGS,
         "source": source_spec,

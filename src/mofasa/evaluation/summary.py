@@ -11,6 +11,10 @@ from mofasa.data.sizes import SIZE_BINS, size_bin
 from mofasa.evaluation.symmetry import CRYSTAL_SYSTEMS, SYMPRECS, symprec_tag
 from mofasa.evaluation.validity import COMPOSITION_FLAGS, REPORTED_FLAGS, RULE_FLAGS
 
+#: outcomes of a topology job (as `mofasa.evaluation.topology.STATUSES`, kept here so that the
+#: summary never imports moffragmentor's side)
+TOPOLOGY_STATUSES = ("ok", "unnamed", "error", "timeout", "crash")
+
 __all__ = ["PREFIXES", "SIZE_BINS", "VALID_KEY", "size_bin", "summarize"]
 
 #: key prefix of each (structure, validity mode) pair in the records
@@ -23,7 +27,6 @@ PREFIXES = {
 #: key of the verdict of each prefix
 VALID_KEY = {"": "valid", "strict_": "valid_strict", "relaxed_": "valid_relaxed",
              "relaxed_strict_": "valid_relaxed_strict"}  # fmt: skip
-
 
 
 def _rate(count: int, n: int) -> float | None:
@@ -47,17 +50,46 @@ def _flag_rates(records: Sequence[dict], prefix: str, n: int) -> dict[str, float
     return out
 
 
+def _flag_rates_screened(records: Sequence[dict], prefix: str) -> dict[str, dict[str, Any]]:
+    """Screening mode: each flag's share among the structures where that check ran.
+
+    A check that was not run (the structure had failed an earlier one) is neither a pass nor a
+    failure, so it is left out of that flag's denominator (``computed``).
+    """
+    out: dict[str, dict[str, Any]] = {}
+    for flag in (*RULE_FLAGS, *REPORTED_FLAGS, *COMPOSITION_FLAGS):
+        values = [r[prefix + flag] for r in records if isinstance(r.get(prefix + flag), bool)]
+        bad = flag not in COMPOSITION_FLAGS  # composition flags fail when False
+        name = flag if flag not in COMPOSITION_FLAGS else "no_" + flag.removeprefix("has_")
+        flagged = sum(v is bad for v in values)
+        out[name] = {"rate": _rate(flagged, len(values)), "flagged": flagged,
+                     "computed": len(values)}  # fmt: skip
+    return out
+
+
+def _stopped_at(records: Sequence[dict], prefix: str) -> dict[str, int]:
+    """Screening mode: how many structures each test stopped (their first failure)."""
+    key = prefix + "screen_stopped_at"
+    return dict(Counter(r[key] for r in records if r.get(key)).most_common())
+
+
 def summarize(
     records: Sequence[dict[str, Any]],
     n_requested: int | None = None,
     relaxed: bool = False,
     modes: Sequence[str] | None = None,
+    screen: bool = False,
 ) -> dict[str, Any]:
     """Summary figures; every rate is over ``n_requested`` (default: number of records).
 
     Structures that could not be read, whose check crashed or timed out, count in the
     denominator and as not valid, not novel and not unique. The rates of a validity mode that
     was not run (``modes``; default: the modes found in the records) are None, not 0.
+
+    With ``screen`` (validity checks stopped at the first failure) the verdicts and valid rates
+    are those of the full mode, but a flag's share over all structures would count unrun
+    checks as passes: ``flag_rates*`` are then None and ``flag_rates_screened*`` give, per
+    flag, the share among the structures where it ran, with both counts.
     """
     n = int(n_requested if n_requested is not None else len(records))
     read = [r for r in records if not r.get("read_error")]
@@ -71,6 +103,7 @@ def summarize(
         "n_inputs": len(records),
         "n_evaluated": len(read),
         "n_unreadable": len(records) - len(read),
+        "screen": bool(screen),
     }
     # a mode that was not run gives None, not 0
     for prefix, key in VALID_KEY.items():
@@ -86,8 +119,24 @@ def summarize(
     out["vnu_rate"] = _rate(sum(r.get("vnu") is True for r in records), n) if has_novelty else None
     for prefix, suffix in (("", ""), ("strict_", "_strict"), ("relaxed_", "_relaxed"),
                            ("relaxed_strict_", "_relaxed_strict")):  # fmt: skip
-        if relaxed or not prefix.startswith("relaxed"):  # None: mode not run
+        if not relaxed and prefix.startswith("relaxed"):
+            continue
+        if screen:
+            out["flag_rates" + suffix] = None
+            out["flag_rates_screened" + suffix] = (
+                _flag_rates_screened(records, prefix) if prefix in ran else None
+            )
+            out["screen_stopped_at" + suffix] = (
+                _stopped_at(records, prefix) if prefix in ran else None
+            )
+        else:  # None: mode not run
             out["flag_rates" + suffix] = _flag_rates(records, prefix, n) if prefix in ran else None
+    if screen:
+        out["flag_rates_note"] = (
+            "screen mode: checks stop at the first failure (order: settings.screen_order), so "
+            "each flag_rates_screened rate is over the structures where that check ran "
+            "('computed'), not over n_requested; verdicts and valid rates equal the full mode's"
+        )
     out["valid_rate_by_size"] = _by_size(records, ran)
     out["crystal_systems"] = _crystal_systems(read)
     out["failures"] = _failures(records)
@@ -95,6 +144,8 @@ def summarize(
         out["relaxation"] = _relaxation(records)
     if any("lcd" in r for r in records):
         out["pores"] = _pores(read)
+    if any("topology_status" in r for r in records):
+        out["topology"] = _topology(records, n)
     return out
 
 
@@ -129,7 +180,8 @@ def _failures(records: Sequence[dict]) -> dict[str, int]:
         if r.get("read_error"):
             counts["unreadable"] += 1
         for key, value in r.items():
-            if key.endswith("status") and value not in (None, "ok"):
+            # "unnamed" is an answer (a net not in the RCSR archive), not a failure
+            if key.endswith("status") and value not in (None, "ok", "unnamed"):
                 counts[f"{key.removesuffix('_status')}_{value}"] += 1
     return dict(sorted(counts.items()))
 
@@ -153,6 +205,28 @@ def _relaxation(records: Sequence[dict]) -> dict[str, Any]:
         "seconds": _stats([r["relax_seconds"] for r in done]),
         "rmsd_A": _stats([r["relax_rmsd"] for r in done]),
         "calculator": next((r.get("relax_calculator") for r in done), None),
+    }
+
+
+def _topology(records: Sequence[dict], n: int) -> dict[str, Any]:
+    """Counts of RCSR nets and of outcomes; shares over requested and over attempted."""
+    tried = [r for r in records if "topology_status" in r]
+    named = [r for r in tried if r.get("topology_status") == "ok" and r.get("topology")]
+    nets = Counter(r["topology"] for r in named)
+    # valid in the headline mode, or in the strict one when only that ran
+    key = "valid" if any(r.get("check_status") for r in records) else "valid_strict"
+    valid_nets = Counter(r["topology"] for r in named if r.get(key) is True)
+    status = Counter(r["topology_status"] for r in tried)
+    return {
+        "n_attempted": len(tried),
+        "n_named": len(named),
+        "named_rate": _rate(len(named), n),
+        "named_share_of_attempted": _rate(len(named), len(tried)),
+        "status_counts": {s: status[s] for s in TOPOLOGY_STATUSES if status.get(s)},
+        "nets": dict(nets.most_common()),
+        "nets_valid": dict(valid_nets.most_common()),
+        "n_distinct_nets": len(nets),
+        "seconds": _stats([r["topology_seconds"] for r in tried if "topology_seconds" in r]),
     }
 
 
