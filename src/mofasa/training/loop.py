@@ -3,7 +3,9 @@
 Features: AdamW, linear warm-up + cosine decay, gradient clipping, EMA weights, bf16 autocast on
 GPU, optional ``torch.compile``, size-bucketed batches, torchrun / DDP, a long-format metrics CSV
 and PNG curves, atomic checkpoints every K steps and on SIGTERM, and exact resume (model, EMA,
-optimiser, RNG state and the position inside the epoch are restored).
+optimiser, RNG state and the position inside the epoch are restored). A fresh run can instead
+warm-start from another checkpoint's weights (``run.init_from``): model and EMA weights only,
+with a new optimiser, e.g. from a slim file carried back from a GPU machine.
 
 The model's ``forward(batch)`` must return ``(loss, metrics)`` with ``metrics`` a dict of floats.
 """
@@ -33,6 +35,10 @@ from mofasa.data.elements import VOCAB_SYMBOLS
 from mofasa.training.checkpoint import checkpoint_exists, load_checkpoint, save_checkpoint
 
 __all__ = ["DataConfig", "OptimConfig", "RunConfig", "Trainer", "resolve_device"]
+
+# Extra-state entries that describe the weights rather than the training data: a warm start
+# takes them from its source so that the new checkpoints stay self-consistent.
+WEIGHT_STATE_KEYS = ("latent_stats", "autoencoder")
 
 
 @dataclass(frozen=True)
@@ -72,6 +78,10 @@ class RunConfig:
     compile: bool = False
     max_time_s: float | None = None  # stop (and checkpoint) after this much wall time
     threads: int = 0  # CPU threads (0: torch default)
+    # Fresh runs only (no own checkpoint resumed): model / EMA weights from this checkpoint
+    # (a full one or a slim weights-only one), new optimiser, step count from 0.
+    init_from: str = ""
+    init_keep_step: bool = False  # with init_from: continue the source's step (LR schedule)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -153,6 +163,10 @@ class Trainer:
         self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
         self.optimizer = self._make_optimizer()
         self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
+        # Steps of earlier runs this one continues by warm start (step restarts at 0 there).
+        self.prior_steps = 0
+        self.init_info: dict | None = None  # where a warm start took its weights from
+        self._restored = False  # resumed or warm-started: fit() must not warm-start again
         self.out = Path(run.out_dir)
         self.ckpt_path = self.out / "checkpoint.pt"
         self._stop = False
@@ -190,6 +204,8 @@ class Trainer:
             "ema": self.ema.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "step": self.step,
+            "cumulative_step": self.prior_steps + self.step,
+            "init_from": self.init_info,
             "epoch": self.epoch,
             "batch_in_epoch": self.batch_in_epoch,
             "rng": {"torch": torch.get_rng_state()},
@@ -213,9 +229,53 @@ class Trainer:
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.step, self.epoch = int(ckpt["step"]), int(ckpt["epoch"])
         self.batch_in_epoch = int(ckpt["batch_in_epoch"])
+        self.prior_steps = int(ckpt.get("cumulative_step", self.step)) - self.step
+        self.init_info = ckpt.get("init_from")
         torch.set_rng_state(ckpt["rng"]["torch"].cpu())
         self._truncate_log(self.step)
+        self._restored = True
         return True
+
+    def warm_start(self, path: str | Path) -> dict:
+        """Load model and EMA weights from checkpoint ``path`` (``weights_only`` loading);
+        the optimiser stays fresh and the step count starts at 0 (``run.init_keep_step``:
+        at the source's step). ``fit`` calls this for a fresh run with ``run.init_from`` set.
+
+        The source may be a training checkpoint or a slim file holding ``model`` and/or
+        ``ema`` (either may be bf16: loading casts to the parameters' dtype); a missing one is
+        taken from the other.
+
+        Returns:
+            ``{"path", "step", "cumulative_step"}`` of the source (also kept in checkpoints).
+
+        Raises:
+            ValueError: another checkpoint kind, or no weights in the file.
+        """
+        ckpt = load_checkpoint(path, map_location=self.device)
+        if ckpt.get("kind") != self.kind:
+            raise ValueError(f"{path}: checkpoint kind {ckpt.get('kind')!r}, "
+                             f"expected {self.kind!r}")
+        model_state = ckpt.get("model") or ckpt.get("ema")
+        ema_state = ckpt.get("ema") or model_state
+        if not model_state:
+            raise ValueError(f"{path}: no model or ema weights to start from")
+        # strict: a sampling-only export (encoder dropped) cannot be trained on
+        self.model.load_state_dict(model_state)
+        self.ema.load_state_dict(ema_state)
+        src_step = int(ckpt.get("step", 0))
+        src_total = int(ckpt.get("cumulative_step", src_step))
+        self.step = src_step if self.run_cfg.init_keep_step else 0
+        self.epoch, self.batch_in_epoch = 0, 0
+        self.prior_steps = src_total - self.step
+        for key in WEIGHT_STATE_KEYS:
+            if key in ckpt and key in self.extra_state:
+                self.extra_state[key] = ckpt[key]
+        self.init_info = {"path": str(path), "step": src_step, "cumulative_step": src_total}
+        self._restored = True
+        if self.dist.main:
+            print(f"warm start from {path} (its step {src_step}, {src_total} in all); "
+                  f"fresh optimiser, step {self.step}")
+        return self.init_info
 
     # ------------------------------------------------------------------ logging
     def _log(self, rows: list[tuple[int, str, str, float]]) -> None:
@@ -274,6 +334,8 @@ class Trainer:
             stop_after: int | None = None) -> dict[str, float]:
         """Train until ``optim.total_steps`` (or ``stop_after`` steps in this call, the time
         limit, or SIGTERM), checkpointing on the way out. Returns the last logged metrics."""
+        if self.run_cfg.init_from and not self._restored:
+            self.warm_start(self.run_cfg.init_from)
         self.out.mkdir(parents=True, exist_ok=True)
         self._write_run_json()
         self._install_sigterm()
