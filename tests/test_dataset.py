@@ -169,3 +169,23 @@ def test_prepare_resumes_after_interruption(tmp_path, monkeypatch):
     assert manifest["n_accepted"] == 12 and manifest["n_inputs"] == 12
     ids = (tmp_path / "out" / "train_ids.txt").read_text().split()
     assert sorted(ids) == sorted(f.stem for f in files) and len(ids) == len(set(ids))
+
+
+def test_prepare_on_a_finished_output_redoes_nothing(tmp_path, monkeypatch):
+    src = tmp_path / "in"
+    src.mkdir()
+    for f in sorted(EXAMPLES.glob("*.cif"))[:3]:
+        (src / f.name).write_bytes(f.read_bytes())
+    cfg = prep.PrepareConfig(workers=1)
+    first = prep.prepare_dataset(src, tmp_path / "out", config=cfg, progress=False)
+
+    def fail(*args, **kwargs):
+        raise AssertionError("a finished dataset was processed again")
+
+    monkeypatch.setattr(prep, "_run_chunks", fail)
+    again = prep.prepare_dataset(src, tmp_path / "out", config=prep.PrepareConfig(workers=2),
+                                 progress=False)
+    assert again["n_accepted"] == first["n_accepted"] == 3
+    with pytest.raises(prep.UsageError, match="other settings"):
+        prep.prepare_dataset(src, tmp_path / "out", config=prep.PrepareConfig(max_atoms=50),
+                             progress=False)

@@ -537,6 +537,49 @@ def test_training_step_all_bottlenecks(crystals, kind):
     assert all(g is not None and torch.isfinite(g).all() for g in grads)
 
 
+@pytest.mark.parametrize("kind", ["kl", "rvq"])
+def test_decoder_fine_tuning_keeps_the_encoder_and_its_latents(crystals, kind):
+    """freeze_encoder + decoder_noise: only the decoder learns; latents stay bit-identical."""
+    torch.manual_seed(0)
+    cfg = _tiny(bottleneck={"kind": kind, "codebook_size": 16}, freeze_encoder=True,
+                decoder_noise=0.3)
+    model = CrystalAutoencoder(cfg).train()
+    batch = collate(crystals)
+    before = model.latents(batch)
+    buffers = {k: v.clone() for k, v in model.named_buffers()}
+    loss, _ = model(batch)
+    loss.backward()
+    dec = [p.grad for n, p in model.named_parameters() if n.startswith("decoder")]
+    enc = [p.grad for n, p in model.named_parameters() if n.startswith("encoder")]
+    assert dec and all(g is not None for g in dec)
+    assert enc and all(g is None for g in enc)
+    for k, v in model.named_buffers():  # no codebook EMA update, no statistics drift
+        assert torch.equal(v, buffers[k]), k
+    after = model.latents(batch)
+    assert all(torch.equal(a, b) for a, b in zip(before, after, strict=True))
+    assert model.training  # the frozen pass restores the training mode
+
+
+def test_decoder_noise_perturbs_training_only(crystals):
+    batch = collate(crystals)
+    model = _model(decoder_noise=0.5)
+    torch.manual_seed(1)
+    clean = model.loss_terms(batch)[0]  # eval mode: no noise, deterministic
+    torch.manual_seed(2)
+    assert torch.equal(clean, model.loss_terms(batch)[0])
+    model.train()
+    torch.manual_seed(3)
+    with torch.no_grad():
+        zl, zg = model.latents(batch)
+        nl, ng = model._perturb_latents(zl, zg, batch.mask)
+    assert not torch.equal(ng, zg)
+    assert not torch.equal(nl, zl) and torch.equal(nl[~batch.mask], zl[~batch.mask])
+    rel = ((nl - zl)[batch.mask].std(0) / zl[batch.mask].std(0)).mean()
+    assert 0.05 < float(rel) < 0.5  # per-crystal scale U(0, 0.5) x channel std
+    with pytest.raises(ValueError, match="decoder_noise"):
+        _tiny(decoder_noise=-1.0)
+
+
 def test_bf16_autocast_keeps_latents_and_outputs_fp32(crystals):
     torch.manual_seed(0)
     model = CrystalAutoencoder(_tiny(bottleneck={"kind": "rvq", "codebook_size": 16})).train()

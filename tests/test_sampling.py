@@ -23,7 +23,7 @@ from mofasa.sampling import store as sampling_store
 from mofasa.sampling.cli import add_sample_parser, add_train_diffusion_parser
 from mofasa.sampling.store import SamplingSettingsError, done_indices
 from mofasa.training.autoencoder import load_ae_config, train_autoencoder
-from mofasa.training.checkpoint import load_checkpoint
+from mofasa.training.checkpoint import load_checkpoint, save_checkpoint
 from mofasa.training.diffusion import (
     export_diffusion,
     load_diffusion,
@@ -233,3 +233,34 @@ def test_export_for_bundling(trained, tmp_path):
     assert all(np.array_equal(x.frac, y.frac) for x, y in zip(a, b, strict=True))
     assert [x.num_atoms for x in a] == [x.num_atoms for x in c]
     assert load_diffusion(small).checkpoint_info["can_encode"] is False
+
+
+def test_export_with_a_fine_tuned_decoder(trained, tmp_path):
+    data, ae_path, dm_path = trained
+    # the deployed recipe: start from the EMA weights, freeze the encoder, noise the latents
+    ckpt = load_checkpoint(ae_path)
+    ckpt["model"] = {k: v.clone() for k, v in ckpt["ema"].items()}
+    save_checkpoint(ckpt, tmp_path / "ft" / "checkpoint.pt")
+    cfg = load_ae_config("tiny", [f"data.path={data}", f"run.out_dir={tmp_path / 'ft'}",
+                                  "optim.total_steps=6", "model.freeze_encoder=true",
+                                  "model.decoder_noise=0.3", *FAST])
+    train_autoencoder(cfg, resume=True)
+    out = export_diffusion(dm_path, tmp_path / "ft.pt", bf16=False, drop_encoder=False,
+                           decoder_from=tmp_path / "ft" / "checkpoint.pt")
+    exported = load_checkpoint(out)["ema"]
+    tuned = load_checkpoint(tmp_path / "ft" / "checkpoint.pt")["ema"]
+    orig = load_checkpoint(dm_path)["ema"]
+    dec = [k for k in tuned if k.startswith("decoder.")]
+    assert dec and all(torch.equal(exported[f"autoencoder.{k}"], tuned[k]) for k in dec)
+    assert any(not torch.equal(orig[f"autoencoder.{k}"], tuned[k]) for k in dec)
+    enc = [k for k in tuned if k.startswith("encoder.")]
+    assert all(torch.equal(exported[f"autoencoder.{k}"], orig[f"autoencoder.{k}"]) for k in enc)
+    assert load_checkpoint(out)["autoencoder"]["decoder_source"]["step"] == 6
+    assert len(sample(str(out), num=2, steps=2, seed=0, device="cpu")) == 2
+    # a decoder whose encoder moved is refused: its latents are not the denoiser's
+    train_autoencoder(load_ae_config("tiny", [f"data.path={data}",
+                                              f"run.out_dir={tmp_path / 'moved'}",
+                                              "optim.total_steps=2", *FAST]), resume=False)
+    with pytest.raises(ValueError, match="encoder weight"):
+        export_diffusion(dm_path, tmp_path / "bad.pt", decoder_from=tmp_path / "moved" /
+                         "checkpoint.pt")

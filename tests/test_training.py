@@ -102,20 +102,25 @@ def test_kill_and_resume_gives_the_same_curve(small_data, tmp_path):
 
 @pytest.mark.skipif(shutil.which("torchrun") is None and not (ROOT / ".venv/bin/torchrun").exists(),
                     reason="torchrun not installed")
-def test_ddp_two_processes_gloo(small_data, tmp_path):
+@pytest.mark.parametrize("bottleneck", ["kl", "rvq"])
+def test_ddp_two_processes_gloo(small_data, tmp_path, bottleneck):
     torchrun = shutil.which("torchrun") or str(ROOT / ".venv/bin/torchrun")
     out = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [torchrun, "--standalone", "--nproc_per_node=2", "-m", "mofasa.cli", "train",
            "autoencoder", "--config", "tiny", f"data.path={small_data}", f"run.out_dir={out}",
            "optim.total_steps=4", "run.log_every=2", "run.ckpt_every=2", "data.batch_size=4",
-           "run.device=cpu"]
+           "run.device=cpu", f"model.bottleneck.kind={bottleneck}"]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     ckpt = load_checkpoint(out / "checkpoint.pt")
     assert ckpt["step"] == 4
     run = json.loads((out / "run.json").read_text())
     assert run["world_size"] == 2
+    if bottleneck == "rvq":  # EMA codebooks: all-reduced statistics, finite, in the checkpoint
+        books = {k: v for k, v in ckpt["model"].items() if k.endswith("embed")}
+        assert books and all(torch.isfinite(v).all() for v in books.values())
+        assert any("cluster_size" in k for k in ckpt["model"])
 
 
 def test_reconstruction_command(small_data, tmp_path):

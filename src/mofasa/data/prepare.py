@@ -262,6 +262,9 @@ def prepare_dataset(
     parts = out / "parts"
     splits, shas = _read_index(Path(index) if index else None)
     _check_input(input)
+    done = _finished_manifest(out, config, input, index)
+    if done is not None:  # nothing to redo: the same command already finished here
+        return done
     try:
         parts.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -283,6 +286,31 @@ def _check_input(input: str | Path) -> None:
     """Fail fast (before anything is written) on an unusable --input."""
     if next(iter_sources(input), None) is None:
         raise UsageError(f"--input {input}: holds no .cif files")
+
+
+def _finished_manifest(out: Path, config: PrepareConfig, input: object, index: object
+                       ) -> dict | None:
+    """The manifest of a finished run of the same command in ``out``, else None.
+
+    Raises:
+        UsageError: ``out`` holds a finished dataset made with other settings or inputs.
+    """
+    path = out / "manifest.json"
+    if not path.exists() or (out / "parts").exists():
+        return None
+    manifest = json.loads(path.read_text())
+    have = {k: v for k, v in manifest.get("config", {}).items() if k in asdict(config)}
+    want = asdict(config)
+    have.pop("workers", None)
+    want.pop("workers")
+    sources = _source_checksums(input, index)
+    same_sources = all(manifest.get("sources", {}).get(k) == v
+                       for k, v in sources.items() if k.endswith("sha256"))
+    if have != want or not same_sources or ("input_sha256" not in sources
+                                           and manifest["sources"]["input"] != str(input)):
+        raise UsageError(f"--out {out}: holds a finished dataset made with other settings or "
+                         "inputs; choose another --out or remove it")
+    return manifest
 
 
 def _check_resume_config(out: Path, config: PrepareConfig, input: object, index: object) -> None:

@@ -459,14 +459,42 @@ class CrystalAutoencoder(nn.Module):
         if self.training and self.config.translation_augment:
             shift = torch.rand(batch.batch_size, 3, device=batch.frac.device)  # (B, 3)
             batch = translate_batch(batch, shift)
-        enc = self.encode(batch, graph)
-        out = self.decode(enc.z_local, enc.z_global, batch.mask)
+        enc = self._encode_for_training(batch, graph)
+        zl, zg = enc.z_local, enc.z_global  # (B, N, D_L), (B, G)
+        if self.training and self.config.decoder_noise > 0:
+            zl, zg = self._perturb_latents(zl, zg, batch.mask)
+        out = self.decode(zl, zg, batch.mask)
         rec, metrics = autoencoder_loss(out, batch, self.config)  # (), dict
         loss = rec + enc.loss  # ()
         metrics.update(enc.metrics)
         metrics["bottleneck_loss"] = enc.loss.detach()
         metrics["loss"] = loss.detach()
         return loss, metrics
+
+    def _encode_for_training(self, batch: CrystalBatch, graph: PeriodicGraph | None
+                             ) -> EncoderOutput:
+        if not self.config.freeze_encoder:
+            return self.encode(batch, graph)
+        was_training = self.training
+        self.eval()  # KL mean, no codebook updates: exactly the latents diffusion was fit on
+        try:
+            with torch.no_grad():
+                return self.encode(batch, graph, deterministic=True)
+        finally:
+            self.train(was_training)
+
+    def _perturb_latents(self, zl: torch.Tensor, zg: torch.Tensor, mask: torch.Tensor
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Latents + Gaussian noise of per-crystal scale U(0, decoder_noise) x channel std."""
+        m = mask.unsqueeze(-1).to(zl.dtype)  # (B, N, 1)
+        real = zl.detach()[mask]  # (A, D_L)
+        std_l = real.std(0) if real.shape[0] > 1 else torch.ones_like(zl[0, 0])  # (D_L,)
+        std_g = zg.detach().std(0) if zg.shape[0] > 1 else torch.ones_like(zg[0])  # (G,)
+        scale = torch.rand(zl.shape[0], device=zl.device, dtype=zl.dtype)  # (B,)
+        scale = scale * self.config.decoder_noise
+        zl = zl + scale.view(-1, 1, 1) * std_l * torch.randn_like(zl) * m  # (B, N, D_L)
+        zg = zg + scale.view(-1, 1) * std_g * torch.randn_like(zg)  # (B, G)
+        return zl, zg
 
     def forward(
         self, batch: CrystalBatch, graph: PeriodicGraph | None = None

@@ -189,6 +189,13 @@ class AutoencoderConfig:
             is positive on the open cube of cosines in (-1/2, 1/2)) and covers the canonical
             (Niggli-compatible) cells.
         log_length_offset: initial bias of the predicted log(length / N^(1/3)) (QMOF mean).
+        decoder_noise: training only: the decoder reads latents perturbed by Gaussian noise
+            of per-crystal scale s ~ U(0, decoder_noise) times each channel's batch std, so
+            that it maps slightly-off latents (a diffusion model's samples) onto clean
+            structures. 0 turns it off.
+        freeze_encoder: training only: the encoder (and bottleneck) run without gradients
+            and in eval mode (KL mean, no codebook updates), so a decoder can be fine-tuned
+            while the latents a diffusion model was trained on stay exactly the same.
     """
 
     encoder: BackboneConfig = field(
@@ -217,6 +224,8 @@ class AutoencoderConfig:
     angle_min: float = 60.0
     angle_max: float = 120.0
     log_length_offset: float = 0.87
+    decoder_noise: float = 0.0
+    freeze_encoder: bool = False
 
     def __post_init__(self) -> None:
         if self.encoder.local != "knn":
@@ -231,6 +240,8 @@ class AutoencoderConfig:
             raise ValueError(f"coord_loss must be chord or min_image: {self.coord_loss}")
         if self.coord_loss_space not in ("angstrom", "frac"):
             raise ValueError(f"coord_loss_space must be angstrom or frac: {self.coord_loss_space}")
+        if self.decoder_noise < 0:
+            raise ValueError(f"decoder_noise must be >= 0, got {self.decoder_noise}")
         if not 0.0 <= self.angle_min < self.angle_max <= 180.0:
             raise ValueError("need 0 <= angle_min < angle_max <= 180")
 

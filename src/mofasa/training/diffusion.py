@@ -223,8 +223,36 @@ def _decoder_only_keys(model: LatentDiffusion) -> set[str]:
     return {f"autoencoder.{n}" for n in unused}
 
 
+def _swap_decoder(state: dict, model: LatentDiffusion, decoder_from: str | Path,
+                  record: dict) -> dict:
+    """``state`` with the autoencoder's decoding weights taken from another autoencoder
+    checkpoint (EMA) whose encoder is the same (a decoder fine-tuned with
+    ``model.freeze_encoder``), so the latents the denoiser learned keep their meaning.
+
+    Raises:
+        ValueError: other latent sizes, or encoder weights that differ (the latents would).
+    """
+    ae_ckpt = load_checkpoint(decoder_from)
+    if ae_ckpt.get("kind") != "autoencoder":
+        raise ValueError(f"{decoder_from}: not an autoencoder checkpoint")
+    encoder_only = _decoder_only_keys(model)  # 'autoencoder.*' keys decoding does not read
+    out = dict(state)
+    for key, value in ae_ckpt["ema"].items():
+        name = f"autoencoder.{key}"
+        if name not in state or state[name].shape != value.shape:
+            raise ValueError(f"{decoder_from}: {key} does not fit this model's autoencoder")
+        if name in encoder_only:
+            if not torch.allclose(state[name].float(), value.float(), rtol=0.0, atol=1e-6):
+                raise ValueError(f"{decoder_from}: encoder weight {key} differs from the one "
+                                 "the diffusion model was trained on (its latents would change)")
+        else:
+            out[name] = value
+    record["decoder_source"] = {"path": str(decoder_from), "step": int(ae_ckpt["step"])}
+    return out
+
+
 def export_diffusion(checkpoint: str | Path, out: str | Path, *, bf16: bool = True,
-                     drop_encoder: bool = True) -> Path:
+                     drop_encoder: bool = True, decoder_from: str | Path | None = None) -> Path:
     """Write a slim, sampling-only copy of a diffusion checkpoint (e.g. the bundled model).
 
     Args:
@@ -232,14 +260,21 @@ def export_diffusion(checkpoint: str | Path, out: str | Path, *, bf16: bool = Tr
         out: output file.
         bf16: store floating weights in bf16 (halves the size; loading casts back to fp32).
         drop_encoder: leave out the autoencoder's encoder (sampling only decodes).
+        decoder_from: optional autoencoder checkpoint with the same (frozen) encoder and a
+            fine-tuned decoder (``model.freeze_encoder=true model.decoder_noise=...``): its
+            EMA decoder replaces the embedded one.
 
     Returns:
         ``out`` as a Path.
     """
     ckpt = load_checkpoint(checkpoint)
     model = load_diffusion(checkpoint)
+    ema = ckpt["ema"]
+    if decoder_from is not None:
+        ckpt["autoencoder"] = dict(ckpt["autoencoder"])
+        ema = _swap_decoder(ema, model, decoder_from, ckpt["autoencoder"])
     dropped = _decoder_only_keys(model) if drop_encoder else set()
-    state = {k: v for k, v in ckpt["ema"].items() if k not in dropped}
+    state = {k: v for k, v in ema.items() if k not in dropped}
     if bf16:
         state = {k: v.to(torch.bfloat16) if v.is_floating_point() and "_mean" not in k
                  and "_std" not in k else v for k, v in state.items()}
