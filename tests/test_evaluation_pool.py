@@ -72,3 +72,23 @@ def test_setup_error_in_a_worker_is_raised():
 def test_pool_rejects_zero_workers():
     with pytest.raises(ValueError):
         IsolatedPool(workers=0)
+
+
+def test_checks_of_a_relaxed_structure_jump_the_queue():
+    """A row is written once its relaxed structure is checked: those follow-up jobs go first,
+    so a long relaxation run writes rows as it goes (and a killed run keeps them)."""
+    from collections import deque
+
+    from mofasa.data.crystal import Crystal
+    from mofasa.evaluation.pool import JobResult
+    from mofasa.evaluation.runner import EvaluationConfig, _Run
+
+    run = _Run(EvaluationConfig(modes=("default", "strict"), relax=True), None, None)
+    queue = deque([((1, "raw", "default"), None, ()), ((1, "relax"), None, ())])
+    crystal = Crystal.from_parameters([1], [[0.0, 0.0, 0.0]], (5.0, 5.0, 5.0, 90.0, 90.0, 90.0))
+    value = {"crystal": crystal, "converged": True, "steps": 3, "seconds": 1.0, "rmsd": 0.1,
+             "energy_per_atom": -1.0, "fmax_final": 0.01, "calculator": "emt"}
+    added = run._take({}, JobResult((0, "relax"), "ok", value), queue, {})
+    assert added == 2
+    assert [job[0][:2] for job in list(queue)[:2]] == [(0, "relaxed"), (0, "relaxed")]
+    assert queue[-1][0] == (1, "relax")

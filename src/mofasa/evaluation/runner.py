@@ -207,9 +207,9 @@ class _Run:
             if res.status == "ok":
                 relaxed[i] = res.value["crystal"]
                 rec.update(_relax_fields(res.value))
-                for mode in self.config.modes:
-                    args = (relaxed[i], mode, self.config.screen)
-                    queue.append(((i, "relaxed", mode), jobs.validity_job, args))
+                for mode in self.config.modes:  # next in line: the row completes now, so a
+                    args = (relaxed[i], mode, self.config.screen)  # killed run keeps it
+                    queue.appendleft(((i, "relaxed", mode), jobs.validity_job, args))
                 return len(self.config.modes)
             for mode in self.config.modes:  # not relaxed: not valid after relaxation
                 rec[VALID_KEY[PREFIXES[("relaxed", mode)]]] = False
