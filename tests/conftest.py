@@ -60,3 +60,21 @@ def read_archive_members(count: int, max_atoms: int = 200, skip: int = 0) -> lis
             if len(out) == count:
                 break
     return out
+
+
+def prepare_examples(tmp_path_factory, count: int):
+    """The first ``count`` example QMOF structures, prepared; val = train (validation logging
+    needs a split)."""
+    import shutil
+
+    from mofasa.data.prepare import PrepareConfig, prepare_dataset
+
+    src = tmp_path_factory.mktemp("cifs")
+    for f in sorted(EXAMPLES.glob("*.cif"))[:count]:
+        shutil.copy(f, src / f.name)
+    out = tmp_path_factory.mktemp("prepared")
+    prepare_dataset(src, out, config=PrepareConfig(workers=1), progress=False)
+    for key in ("numbers", "frac", "lattice", "offsets"):
+        shutil.copy(out / f"train_{key}.npy", out / f"val_{key}.npy")
+    shutil.copy(out / "train_ids.txt", out / "val_ids.txt")
+    return out

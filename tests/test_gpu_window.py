@@ -7,7 +7,6 @@ import importlib.util
 import io
 import json
 import os
-import shutil
 import subprocess
 import sys
 
@@ -16,7 +15,6 @@ import torch
 
 from mofasa.data import collate
 from mofasa.data.dataset import CrystalDataset
-from mofasa.data.prepare import PrepareConfig, prepare_dataset
 from mofasa.training.autoencoder import (
     AETrainConfig,
     build_autoencoder,
@@ -28,7 +26,7 @@ from mofasa.training.checkpoint import MAX_PART_BYTES, load_checkpoint, save_che
 from mofasa.training.config import from_dict, to_dict
 from mofasa.training.loop import Trainer
 
-from .conftest import EXAMPLES, ROOT
+from .conftest import ROOT, prepare_examples
 
 
 def _load_gpu_bench():
@@ -43,16 +41,8 @@ gpu_bench = _load_gpu_bench()
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    """8 real QMOF structures, prepared; val = train (validation logging needs a split)."""
-    src = tmp_path_factory.mktemp("cifs")
-    for f in sorted(EXAMPLES.glob("*.cif"))[:8]:
-        shutil.copy(f, src / f.name)
-    out = tmp_path_factory.mktemp("prepared")
-    prepare_dataset(src, out, config=PrepareConfig(workers=1), progress=False)
-    for key in ("numbers", "frac", "lattice", "offsets"):
-        shutil.copy(out / f"train_{key}.npy", out / f"val_{key}.npy")
-    shutil.copy(out / "train_ids.txt", out / "val_ids.txt")
-    return out
+    """8 real QMOF structures, prepared (val = train)."""
+    return prepare_examples(tmp_path_factory, 8)
 
 
 @pytest.fixture(scope="module")

@@ -13,27 +13,17 @@ import torch
 
 from mofasa.data import collate
 from mofasa.data.dataset import CrystalDataset
-from mofasa.data.prepare import PrepareConfig, prepare_dataset
 from mofasa.training.autoencoder import load_ae_config, load_autoencoder, train_autoencoder
 from mofasa.training.checkpoint import load_checkpoint, save_checkpoint
 from mofasa.training.config import ConfigError
 
-from .conftest import EXAMPLES, ROOT
+from .conftest import ROOT, prepare_examples
 
 
 @pytest.fixture(scope="module")
 def small_data(tmp_path_factory):
-    """24 real QMOF structures, prepared."""
-    src = tmp_path_factory.mktemp("cifs")
-    for f in sorted(EXAMPLES.glob("*.cif"))[:24]:
-        shutil.copy(f, src / f.name)
-    out = tmp_path_factory.mktemp("prepared")
-    prepare_dataset(src, out, config=PrepareConfig(workers=1), progress=False)
-    # A val split for validation logging: reuse the train arrays under the val name.
-    for key in ("numbers", "frac", "lattice", "offsets"):
-        shutil.copy(out / f"train_{key}.npy", out / f"val_{key}.npy")
-    shutil.copy(out / "train_ids.txt", out / "val_ids.txt")
-    return out
+    """24 real QMOF structures, prepared (val = train)."""
+    return prepare_examples(tmp_path_factory, 24)
 
 
 def tiny_cfg(data, out, *extra):
