@@ -264,3 +264,29 @@ def test_export_with_a_fine_tuned_decoder(trained, tmp_path):
     with pytest.raises(ValueError, match="encoder weight"):
         export_diffusion(dm_path, tmp_path / "bad.pt", decoder_from=tmp_path / "moved" /
                          "checkpoint.pt")
+
+
+def test_latent_diagnostics_benchmark_runs(trained):
+    """benchmarks/latent_diagnostics.py end to end on the tiny model (a smoke test: the probes'
+    shapes and the no-denoising reference sigma / alpha, not the tiny model's quality)."""
+    import subprocess
+    from pathlib import Path
+
+    data, _, dm_path = trained
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "latent_diagnostics.py"
+    proc = subprocess.run(
+        [sys.executable, str(script), "--model", str(dm_path), "--data", str(data),
+         "--split", "train", "--structures", "3", "--samples", "2"],
+        capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = json.loads(proc.stdout)
+    assert out["structures"] == 3
+    assert set(out["decoder_noise_bonded"]) == {"0.0", "0.1", "0.2", "0.3", "0.5"}
+    for row in out["denoiser"]:
+        assert np.isfinite(row["x0_rmse"])
+        # variance preserving: alpha = sqrt(1 - sigma^2)
+        ref = row["sigma"] / np.sqrt(1.0 - row["sigma"] ** 2)
+        assert row["no_denoising"] == pytest.approx(ref, abs=2e-3)
+    assert [r["t"] for r in out["denoiser"]] == sorted(r["t"] for r in out["denoiser"])
+    assert set(out["sdedit_bonded"]) == {"0.1", "0.2", "0.4"}
+    assert out["samples"]["num"] == 2 and 0.0 <= out["samples"]["bonded_atom_share"] <= 1.0
