@@ -10,6 +10,9 @@ Probes, on real structures of --split (every second one, up to --structures):
   units) beside sigma / alpha, the error of not denoising at all (how much noise it removes);
 - ``sdedit``: noise real latents to t, run DDIM back to 0 (20 steps), bonded share (can the
   denoiser restore a structure it is close to?);
+- ``context``: per t, the x0 RMSE on the even-indexed atoms with the odd-indexed atoms' noisy
+  latents intact vs replaced by noise of the same law (does the denoiser use the other atoms?);
+- ``random_latent_floor``: bonded share of decoded N(0, 1) latents (no joint structure at all);
 - ``samples``: --samples de novo samples (sizes drawn from the validation structures, fixed
   seed): bonded-atom share and sane-geometry rate.
 The figures in benchmarks/RESULTS.md ("Why the samples fail") come from this script.
@@ -73,6 +76,29 @@ def denoiser_error(model, x0, mask, g: torch.Generator) -> list[dict[str, float]
     return rows
 
 
+def context_use(model, x0, mask, g: torch.Generator) -> list[dict[str, float]]:
+    """x0 RMSE on even atoms with the odd atoms' information intact vs destroyed."""
+    m = mask.unsqueeze(-1).float()  # (B, N, 1)
+    keep = torch.zeros_like(mask)
+    keep[:, ::2] = True
+    sel = keep & mask  # (B, N)
+    rows = []
+    for t in (0.1, 0.3, 0.5):
+        tt = torch.full((mask.shape[0],), t)  # (B,)
+        a, s = (c.float() for c in model.schedule.alpha_sigma(tt))  # (B,) x 2
+        eps = (torch.randn(x0[0].shape, generator=g) * m, torch.randn(x0[1].shape, generator=g))
+        zt = q_sample(x0, eps, a, s)
+        fake = (a.view(-1, 1, 1) * torch.randn(x0[0].shape, generator=g) + s.view(-1, 1, 1)
+                * eps[0]) * m  # (B, N, D_L): same marginal law, no information
+        err = []
+        for zl in (zt[0], torch.where(keep.unsqueeze(-1), zt[0], fake)):
+            v = model.denoiser(zl, zt[1], tt, mask)
+            xh = x0_from_v((zl, zt[1]), v, a, s)
+            err.append(round(float((xh[0] - x0[0])[sel].square().mean().sqrt()), 4))
+        rows.append({"t": t, "x0_rmse_context": err[0], "x0_rmse_context_destroyed": err[1]})
+    return rows
+
+
 def sdedit(model, x0, mask, g: torch.Generator, steps: int = 20) -> dict[str, float]:
     """Noise to t0, deterministic DDIM back to 0 with self-conditioning, bonded share."""
     m = mask.unsqueeze(-1).float()  # (B, N, 1)
@@ -133,6 +159,10 @@ def main() -> None:
         result["decoder_noise_bonded"] = decoder_tolerance(model, x0, batch.mask, g)
         result["denoiser"] = denoiser_error(model, x0, batch.mask, g)
         result["sdedit_bonded"] = sdedit(model, x0, batch.mask, g)
+        result["context"] = context_use(model, x0, batch.mask, g)
+        noise = (torch.randn(x0[0].shape, generator=g) * batch.mask.unsqueeze(-1),
+                 torch.randn(x0[1].shape, generator=g))
+        result["random_latent_floor"] = round(_bonded(model, *noise, batch.mask), 4)
         if args.samples:
             sizes = np.array([ds[i].num_atoms for i in range(len(ds))])
             result["samples"] = de_novo(model, sizes, args.samples, args.seed)

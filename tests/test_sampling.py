@@ -289,4 +289,7 @@ def test_latent_diagnostics_benchmark_runs(trained):
         assert row["no_denoising"] == pytest.approx(ref, abs=2e-3)
     assert [r["t"] for r in out["denoiser"]] == sorted(r["t"] for r in out["denoiser"])
     assert set(out["sdedit_bonded"]) == {"0.1", "0.2", "0.4"}
+    assert [r["t"] for r in out["context"]] == [0.1, 0.3, 0.5]
+    assert all(np.isfinite(r["x0_rmse_context_destroyed"]) for r in out["context"])
+    assert 0.0 <= out["random_latent_floor"] <= 1.0
     assert out["samples"]["num"] == 2 and 0.0 <= out["samples"]["bonded_atom_share"] <= 1.0
