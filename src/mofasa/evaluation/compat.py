@@ -44,6 +44,7 @@ import functools
 import importlib
 import importlib.metadata as md
 import warnings
+from types import ModuleType
 from typing import Any
 
 __all__ = [
@@ -224,6 +225,28 @@ def _require_eqeq() -> None:
         ) from exc
 
 
+def _import_pinned(name: str, version: str, purpose: str, pin_reason: str) -> ModuleType:
+    """Import distribution/module ``name`` at exactly ``version`` (warnings silenced).
+
+    Raises:
+        EvaluationSetupError: missing, another version, or failing on import.
+    """
+    try:
+        found = md.version(name)
+    except md.PackageNotFoundError as exc:
+        raise EvaluationSetupError(f"{name} is not installed{purpose}; {_INSTALL_HINT}") from exc
+    if found != version:
+        raise EvaluationSetupError(f"{name} {found} is installed; {pin_reason} {version}")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return importlib.import_module(name)
+    except Exception as exc:
+        raise EvaluationSetupError(
+            f"{name} cannot be imported ({type(exc).__name__}: {exc}); {_INSTALL_HINT}"
+        ) from exc
+
+
 def import_mofchecker():  # noqa: ANN201
     """Apply the compatibility layer and return the ``mofchecker.MOFChecker`` class.
 
@@ -231,22 +254,8 @@ def import_mofchecker():  # noqa: ANN201
         EvaluationSetupError: mofchecker is missing, is not version 0.9.6, or cannot import.
     """
     _patch_pymatgen()  # before mofchecker: structuregraph_helpers imports renamed names
-    try:
-        version = md.version("mofchecker")
-    except md.PackageNotFoundError as exc:
-        raise EvaluationSetupError(f"mofchecker is not installed; {_INSTALL_HINT}") from exc
-    if version != MOFCHECKER_VERSION:
-        raise EvaluationSetupError(
-            f"mofchecker {version} is installed; the protocol needs {MOFCHECKER_VERSION}"
-        )
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            import mofchecker
-    except Exception as exc:
-        raise EvaluationSetupError(
-            f"mofchecker cannot be imported ({type(exc).__name__}: {exc}); {_INSTALL_HINT}"
-        ) from exc
+    mofchecker = _import_pinned("mofchecker", MOFCHECKER_VERSION, "",
+                                "the protocol needs")
     apply()
     return mofchecker.MOFChecker
 
@@ -300,25 +309,8 @@ def import_moffragmentor():  # noqa: ANN201
         EvaluationSetupError: moffragmentor is missing, is not version 0.0.6, or cannot import.
     """
     _patch_pymatgen()  # before moffragmentor: it calls StructureGraph.with_* and friends
-    try:
-        version = md.version("moffragmentor")
-    except md.PackageNotFoundError as exc:
-        raise EvaluationSetupError(
-            f"moffragmentor is not installed (needed by --topology); {_INSTALL_HINT}"
-        ) from exc
-    if version != MOFFRAGMENTOR_VERSION:
-        raise EvaluationSetupError(
-            f"moffragmentor {version} is installed; --topology is tested with "
-            f"{MOFFRAGMENTOR_VERSION}"
-        )
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            import moffragmentor
-    except Exception as exc:
-        raise EvaluationSetupError(
-            f"moffragmentor cannot be imported ({type(exc).__name__}: {exc}); {_INSTALL_HINT}"
-        ) from exc
+    moffragmentor = _import_pinned("moffragmentor", MOFFRAGMENTOR_VERSION,
+                                   " (needed by --topology)", "--topology is tested with")
     _patch_pymatgen()
     _patch_moffragmentor()
     return moffragmentor
