@@ -68,7 +68,7 @@ def run_variant(name: str, args: argparse.Namespace) -> dict:
     start = time.perf_counter()
     train_diffusion(cfg, args.autoencoder)
     train_s = time.perf_counter() - start
-    from mofasa.training.checkpoint import load_checkpoint
+    from mofasa.checkpoint import load_checkpoint
 
     if int(load_checkpoint(out / "checkpoint.pt")["step"]) < args.steps:  # SIGTERM / time limit
         raise SystemExit(f"{name}: training stopped early; rerun the same command to resume")

@@ -113,18 +113,17 @@ def run_check(config: str, data: str, device_name: str, batch: int) -> dict:
     errors: list[str] = []
     import torch
 
+    import mofasa.checkpoint
     import mofasa.cli
     import mofasa.diffusion
     import mofasa.sampling
-    import mofasa.sampling.cli
     import mofasa.training.diffusion  # noqa: F401
+    from mofasa.checkpoint import load_checkpoint, resolve_device, save_checkpoint
     from mofasa.data import collate
     from mofasa.data.dataset import CrystalDataset
     from mofasa.diffusion import DiffusionConfig, LatentDiffusion
     from mofasa.models.denoiser import Denoiser, get_denoiser_preset
     from mofasa.training.autoencoder import build_autoencoder, load_ae_config
-    from mofasa.training.checkpoint import load_checkpoint, save_checkpoint
-    from mofasa.training.loop import resolve_device
 
     leaked = sorted(m for m, mod in sys.modules.items()
                     if m.split(".")[0] in BLOCKED and mod is not None)
@@ -208,9 +207,9 @@ def run_throughput(config: str, data: str, device: str, steps: int, bf16: bool,
     """Train ``steps`` steps (no checkpoint writing) and read structures/s from the log."""
     import torch
 
+    from mofasa.config import to_dict
     from mofasa.data.dataset import CrystalDataset
     from mofasa.training.autoencoder import build_autoencoder, load_ae_config
-    from mofasa.training.config import to_dict
     from mofasa.training.loop import Trainer
 
     class _NoSave(Trainer):
@@ -265,16 +264,20 @@ def _parameter_names(ckpt: dict) -> set[str]:
     """State-dict names of the checkpoint model's parameters (the rest are buffers)."""
     import torch
 
-    from mofasa.training.autoencoder import AETrainConfig, build_autoencoder
-    from mofasa.training.config import from_dict
+    from mofasa.checkpoint import build_diffusion
+    from mofasa.config import from_dict
+    from mofasa.diffusion.schedule import DiffusionConfig
+    from mofasa.models.autoencoder import CrystalAutoencoder
+    from mofasa.models.config import AutoencoderConfig
+    from mofasa.models.denoiser import DenoiserConfig
 
     if ckpt["kind"] == "autoencoder":
-        model = build_autoencoder(from_dict(AETrainConfig, ckpt["config"]).model)
+        model = CrystalAutoencoder(from_dict(AutoencoderConfig, ckpt["config"]["model"]))
     elif ckpt["kind"] == "diffusion":
-        from mofasa.training.diffusion import DiffusionTrainConfig, build_diffusion
-
-        ae = build_autoencoder(from_dict(AETrainConfig, ckpt["autoencoder"]["config"]).model)
-        model = build_diffusion(from_dict(DiffusionTrainConfig, ckpt["config"]), ae,
+        ae = CrystalAutoencoder(from_dict(AutoencoderConfig,
+                                          ckpt["autoencoder"]["config"]["model"]))
+        model = build_diffusion(from_dict(DenoiserConfig, ckpt["config"]["model"]),
+                                from_dict(DiffusionConfig, ckpt["config"]["diffusion"]), ae,
                                 torch.zeros(2, dtype=torch.long))
     else:
         raise ValueError(f"cannot slim a checkpoint of kind {ckpt.get('kind')!r}")
@@ -315,7 +318,7 @@ def export_slim(src: str | Path, out: str | Path, *, layout: str | None = None,
     """
     import torch
 
-    from mofasa.training.checkpoint import MAX_PART_BYTES, load_checkpoint, save_checkpoint
+    from mofasa.checkpoint import MAX_PART_BYTES, load_checkpoint, save_checkpoint
 
     ckpt = load_checkpoint(src)
     kind = ckpt.get("kind")
@@ -373,7 +376,7 @@ def extract_autoencoder(src: str | Path, out: str | Path) -> dict:
     """The frozen autoencoder inside a diffusion checkpoint as an autoencoder checkpoint
     (EMA weights, fp32), so that a diffusion run can warm-start from a diffusion slim file
     (``train diffusion --autoencoder OUT run.init_from=SRC``)."""
-    from mofasa.training.checkpoint import load_checkpoint, save_checkpoint
+    from mofasa.checkpoint import load_checkpoint, save_checkpoint
 
     ckpt = load_checkpoint(src)
     if ckpt.get("kind") != "diffusion":

@@ -31,10 +31,10 @@ import torch
 from ablation_diffusion import bonded_share  # this folder is on sys.path when run as a script
 from sample_quality import sanity
 
+from mofasa.checkpoint import load_diffusion
 from mofasa.data.batch import collate
 from mofasa.data.dataset import CrystalDataset
 from mofasa.diffusion.objectives import q_sample, x0_from_v
-from mofasa.training.diffusion import load_diffusion
 
 NOISE_LEVELS = (0.0, 0.1, 0.2, 0.3, 0.5)
 TIMES = (0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7)

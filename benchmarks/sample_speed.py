@@ -71,9 +71,9 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
+    from mofasa.checkpoint import resolve_device
     from mofasa.sampling.api import iter_samples, load_model
     from mofasa.sampling.store import histogram_from_dataset
-    from mofasa.training.loop import resolve_device
 
     hist = histogram_from_dataset(args.atoms_from) if args.atoms_from else None
     if hist is not None and args.max_atoms:

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 
+from mofasa.config import ConfigError
 from mofasa.data import Crystal, collate
 from mofasa.diffusion import (
     CosineSchedule,
@@ -38,7 +39,6 @@ from mofasa.models.denoiser import (
     DenoiserConfig,
     get_denoiser_preset,
 )
-from mofasa.training.config import ConfigError
 from mofasa.training.diffusion import load_diffusion_config
 
 SAMPLER_CLASSES = [DDIMSampler, DDPMSampler]
@@ -457,7 +457,7 @@ def test_diffusion_and_sampling_import_without_pymatgen_ase_spglib():
         "import sys\n"
         "for m in ('pymatgen', 'ase', 'spglib'): sys.modules[m] = None\n"
         "import mofasa.diffusion, mofasa.models.denoiser, mofasa.training.diffusion\n"
-        "import mofasa.sampling, mofasa.sampling.cli\n"
+        "import mofasa.sampling, mofasa.checkpoint, mofasa.cli\n"
     )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr

@@ -13,17 +13,16 @@ import sys
 import pytest
 import torch
 
+from mofasa.checkpoint import MAX_PART_BYTES, load_autoencoder, load_checkpoint, save_checkpoint
+from mofasa.config import from_dict, to_dict
 from mofasa.data import collate
 from mofasa.data.dataset import CrystalDataset
 from mofasa.training.autoencoder import (
     AETrainConfig,
     build_autoencoder,
     load_ae_config,
-    load_autoencoder,
     train_autoencoder,
 )
-from mofasa.training.checkpoint import MAX_PART_BYTES, load_checkpoint, save_checkpoint
-from mofasa.training.config import from_dict, to_dict
 from mofasa.training.loop import Trainer
 
 from .conftest import ROOT, prepare_examples

@@ -7,29 +7,26 @@ structures with a few steps.
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
+import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
 import torch
 
+from mofasa.checkpoint import export_diffusion, load_checkpoint, load_diffusion, save_checkpoint
+from mofasa.checkpoint import models as checkpoint_models
+from mofasa.cli import main
 from mofasa.data.prepare import PrepareConfig, prepare_dataset
-from mofasa.sampling import api as sampling_api
-from mofasa.sampling import sample, write_samples
+from mofasa.sampling import SampleSettings, sample
 from mofasa.sampling import store as sampling_store
-from mofasa.sampling.cli import add_sample_parser, add_train_diffusion_parser
-from mofasa.sampling.store import SamplingSettingsError, done_indices
+from mofasa.sampling.settings import AtomRangeWarning, SampleSettingsError
+from mofasa.sampling.store import done_indices
 from mofasa.training.autoencoder import load_ae_config, train_autoencoder
-from mofasa.training.checkpoint import load_checkpoint, save_checkpoint
-from mofasa.training.diffusion import (
-    export_diffusion,
-    load_diffusion,
-    load_diffusion_config,
-    train_diffusion,
-)
+from mofasa.training.diffusion import load_diffusion_config, train_diffusion
 
 from .conftest import EXAMPLES
 
@@ -57,15 +54,14 @@ def trained(tmp_path_factory):
     return data, root / "ae" / "checkpoint.pt", root / "dm" / "checkpoint.pt"
 
 
-def sample_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mofasa")
-    add_sample_parser(parser.add_subparsers(dest="command"))
-    return parser
-
-
 def run_sample_cli(*argv: str) -> int:
-    args = sample_parser().parse_args(["sample", *argv])
-    return args.func(args)
+    return main(["sample", *argv])
+
+
+def write_samples(out, model, num, **kw):
+    progress = kw.pop("progress", False)
+    return sampling_store.write_samples(out, SampleSettings(model=str(model), num=num, **kw),
+                                        progress=progress)
 
 
 def read_db(path):
@@ -113,9 +109,9 @@ def test_save_load_gives_identical_samples(trained):
     other = sample(str(dm_path), num=3, steps=3, seed=8, device="cpu")
     assert any(x.num_atoms != y.num_atoms or not np.allclose(x.frac, y.frac)
                for x, y in zip(a, other, strict=True))
-    fixed = sample(str(dm_path), num=2, atoms=5, steps=2, seed=0, device="cpu",
+    fixed = sample(str(dm_path), num=2, atoms=30, steps=2, seed=0, device="cpu",
                    sampler="ddpm")
-    assert [c.num_atoms for c in fixed] == [5, 5] and fixed[0].metadata["sampler"] == "ddpm"
+    assert [c.num_atoms for c in fixed] == [30, 30] and fixed[0].metadata["sampler"] == "ddpm"
 
 
 def test_sample_cli_writes_cifs_and_database(trained, tmp_path):
@@ -128,7 +124,7 @@ def test_sample_cli_writes_cifs_and_database(trained, tmp_path):
     cifs = sorted((out / "cifs").glob("*.cif"))
     assert [c.stem for c in cifs] == [f"sample_{i:06d}" for i in range(4)]
     rows = read_db(out / "samples.db")
-    assert sorted(kv["index"] for kv, _ in rows) == [0, 1, 2, 3]
+    assert [kv["index"] for kv, _ in rows] == [0, 1, 2, 3]  # rewritten in index order
     for kv, atoms in rows:
         assert kv["model"] == str(dm_path) and kv["seed"] == 3 and kv["steps"] == 3
         assert kv["n_atoms"] == len(atoms) and kv["name"] == f"sample_{kv['index']:06d}"
@@ -138,7 +134,7 @@ def test_sample_cli_writes_cifs_and_database(trained, tmp_path):
     back = read_cif(cifs[0])
     assert back.num_atoms == rows[[kv["index"] for kv, _ in rows].index(0)][0]["n_atoms"]
     # other settings in the same folder are refused
-    with pytest.raises(SamplingSettingsError, match="other settings"):
+    with pytest.raises(SampleSettingsError, match="other settings"):
         write_samples(out, str(dm_path), 4, steps=3, seed=4, device="cpu", progress=False)
     code = run_sample_cli("--model", str(dm_path), "--num", "4", "--steps", "3", "--seed", "4",
                           "--out", str(out), "--no-progress", "--device", "cpu")
@@ -179,20 +175,21 @@ def test_killed_sampling_run_resumes_without_duplicates(trained, tmp_path, monke
 
 def test_atoms_from_dataset_and_evaluate_flag(trained, tmp_path, monkeypatch, capsys):
     data, _, dm_path = trained
-    monkeypatch.setitem(sys.modules, "mofasa.evaluation", None)  # evaluator absent
+    monkeypatch.setitem(sys.modules, "mofasa.evaluation.compat", None)  # evaluator absent
     code = run_sample_cli("--model", str(dm_path), "--num", "2", "--steps", "2", "--atoms-from",
                           str(data), "--device", "cpu", "--out", str(tmp_path / "o"),
                           "--no-progress", "--evaluate")
-    assert code == 0
-    captured = capsys.readouterr().out
-    assert "evaluation is not installed" in captured
-    assert json.loads(captured[: captured.rindex("}") + 1])["written"] == 2
+    assert code == 2  # the samples are written, then the missing extra is named with its hint
+    captured = capsys.readouterr()
+    assert "install_eval.sh" in captured.err and captured.err.count("\n") == 1
+    assert json.loads(captured.out[: captured.out.rindex("}") + 1])["written"] == 2
     with pytest.raises(SystemExit):  # --atoms and --atoms-from exclude each other
-        sample_parser().parse_args(["sample", "--out", "x", "--atoms", "3", "--atoms-from", "d"])
+        main(["sample", "--out", "x", "--atoms", "3", "--atoms-from", "d"])
 
 
 def test_default_model_error_is_clear(monkeypatch, tmp_path):
-    monkeypatch.setattr(sampling_api, "DEFAULT_MODEL_DIR", tmp_path)
+    monkeypatch.setattr(checkpoint_models, "default_model_path", lambda: (_ for _ in ()).throw(
+        FileNotFoundError("no default model is bundled with this mofasa")))
     with pytest.raises(FileNotFoundError, match="no default model is bundled"):
         sample("default", num=1)
     assert run_sample_cli("--out", str(tmp_path / "o"), "--num", "1", "--no-progress") == 2
@@ -202,21 +199,18 @@ def test_train_diffusion_cli_resumes_from_its_checkpoint(trained, tmp_path):
     data, _, dm_path = trained
     run = tmp_path / "dm"
     shutil.copytree(dm_path.parent, run)
-    parser = argparse.ArgumentParser(prog="mofasa")
-    add_train_diffusion_parser(parser.add_subparsers(dest="kind"))
-    args = parser.parse_args(["diffusion", "--config", "tiny", f"data.path={data}",
-                              f"run.out_dir={run}", "optim.total_steps=5", *FAST])
-    assert args.func(args) == 0  # no --autoencoder: the checkpoint embeds it
+    assert main(["train", "diffusion", "--config", "tiny", f"data.path={data}",
+                 f"run.out_dir={run}", "optim.total_steps=5", *FAST]) == 0  # no --autoencoder
     ckpt = load_checkpoint(run / "checkpoint.pt")
     assert ckpt["step"] == 5
     before = load_checkpoint(dm_path)
     assert torch.equal(ckpt["latent_stats"]["local_mean"], before["latent_stats"]["local_mean"])
-    fresh = parser.parse_args(["diffusion", "--config", "tiny", f"data.path={data}",
-                               f"run.out_dir={tmp_path / 'none'}", "autoencoder=", "--no-resume"])
-    from mofasa.training.config import ConfigError
+    from mofasa.config import ConfigError
 
+    cfg = load_diffusion_config("tiny", [f"data.path={data}", f"run.out_dir={tmp_path / 'n'}",
+                                         "autoencoder=''"])
     with pytest.raises(ConfigError, match="autoencoder"):
-        fresh.func(fresh)
+        train_diffusion(cfg, None, resume=False)
 
 
 def test_export_for_bundling(trained, tmp_path):
@@ -293,3 +287,110 @@ def test_latent_diagnostics_benchmark_runs(trained):
     assert all(np.isfinite(r["x0_rmse_context_destroyed"]) for r in out["context"])
     assert 0.0 <= out["random_latent_floor"] <= 1.0
     assert out["samples"]["num"] == 2 and 0.0 <= out["samples"]["bonded_atom_share"] <= 1.0
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--atoms", "0"], "atoms must be >= 1"),
+    (["--steps", "-3"], "steps must be >= 1"),
+    (["--steps", "0"], "steps must be >= 1"),
+    (["--device", "banana"], "unknown device 'banana'"),
+    (["--guidance", "2"], "needs a condition"),
+    (["--num", "-1"], "num must be >= 0"),
+    (["--batch-size", "0"], "batch size must be >= 1"),
+    (["--atoms-from", "/nonexistent"], "neither 'data' nor a prepared dataset"),
+])
+def test_sample_cli_rejects_bad_settings_before_any_work(trained, tmp_path, capsys, argv,
+                                                         message):
+    _, _, dm_path = trained
+    out = tmp_path / "o"
+    code = run_sample_cli("--model", str(dm_path), "--num", "2", "--out", str(out),
+                          "--no-progress", *argv)
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and err.count("\n") == 1, err
+    assert "Traceback" not in err and not out.exists()  # nothing left behind
+
+
+def test_corrected_rerun_after_a_rejected_one_runs(trained, tmp_path):
+    _, _, dm_path = trained
+    out = tmp_path / "o"
+    common = ["--model", str(dm_path), "--num", "2", "--steps", "2", "--device", "cpu",
+              "--out", str(out), "--no-progress"]
+    assert run_sample_cli(*common, "--atoms", "0") == 2
+    assert run_sample_cli(*common, "--atoms", "30") == 0
+    assert json.loads((out / "settings.json").read_text())["identity"]["atoms"] == 30
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_sample_cli_refuses_cuda_without_cuda(trained, tmp_path, capsys):
+    _, _, dm_path = trained
+    code = run_sample_cli("--model", str(dm_path), "--out", str(tmp_path / "o"), "--device",
+                          "cuda", "--no-progress")
+    assert code == 2 and "CUDA is not available" in capsys.readouterr().err
+
+
+def test_atom_counts_outside_the_trained_range_warn(trained, tmp_path, capsys):
+    _, _, dm_path = trained
+    lo_hi = load_diffusion(dm_path).num_atoms_hist.nonzero().flatten()
+    big = int(lo_hi.max()) + 50
+    code = run_sample_cli("--model", str(dm_path), "--num", "1", "--steps", "1", "--atoms",
+                          str(big), "--device", "cpu", "--out", str(tmp_path / "o"),
+                          "--no-progress")
+    err = capsys.readouterr().err
+    assert code == 0
+    assert f"sampling {big} atoms, but the model was trained on {int(lo_hi.min())}-" in err
+    with pytest.warns(AtomRangeWarning):
+        sample(str(dm_path), num=1, steps=1, atoms=big, device="cpu")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", AtomRangeWarning)  # inside the range: silent
+        sample(str(dm_path), num=1, steps=1, atoms=int(lo_hi.min()), device="cpu")
+
+
+def test_settings_and_provenance_are_recorded(trained, tmp_path):
+    from ase.db import connect
+
+    _, _, dm_path = trained
+    out = tmp_path / "o"
+    write_samples(out, dm_path, 3, steps=2, seed=5, device="cpu", batch_size=2)
+    db = connect(str(out / "samples.db"))
+    assert db.metadata["model"] == str(dm_path) and db.metadata["settings"]["seed"] == 5
+    rows = list(db.select())
+    assert [r.key_value_pairs["index"] for r in rows] == [0, 1, 2]
+    assert all(r.key_value_pairs["steps"] == 2 and r.cell_ok for r in rows)
+    text = (out / "cifs" / "sample_000001.cif").read_text()
+    assert "_mofasa_seed" in text and "_mofasa_index" in text
+    from pymatgen.core import Structure
+
+    s = Structure.from_file(str(out / "cifs" / "sample_000001.cif"))
+    assert s.volume > 0 and len(s) == rows[1].natoms
+
+
+def test_degenerate_decoded_cell_is_recorded_not_written(trained, tmp_path, monkeypatch):
+    _, _, dm_path = trained
+    real = sampling_store.iter_samples
+
+    def flat_first(*args, **kw):
+        for crystals in real(*args, **kw):
+            for c in crystals:
+                if c.metadata["index"] == 0:
+                    c.lattice = c.lattice.copy()
+                    c.lattice[2] = c.lattice[0]  # a flat cell: zero volume
+            yield crystals
+
+    monkeypatch.setattr(sampling_store, "iter_samples", flat_first)
+    summary = write_samples(tmp_path / "o", dm_path, 2, steps=2, device="cpu")
+    assert summary["degenerate"] == 1
+    rows = read_db(tmp_path / "o" / "samples.db")
+    assert rows[0][0]["cell_ok"] is False and "degenerate cell" in rows[0][0]["cell_error"]
+    assert rows[1][0]["cell_ok"] is True
+    assert not (tmp_path / "o" / "cifs" / "sample_000000.cif").exists()
+    assert (tmp_path / "o" / "cifs" / "sample_000001.cif").exists()
+
+
+def test_sampling_the_default_model_never_imports_training():
+    code = ("import sys, mofasa\n"
+            "mofasa.sample(model='default', num=1, seed=0)\n"
+            "bad = [m for m in sys.modules if m.startswith('mofasa.training')]\n"
+            "assert not bad, bad\n")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]

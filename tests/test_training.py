@@ -11,11 +11,11 @@ import subprocess
 import pytest
 import torch
 
+from mofasa.checkpoint import load_autoencoder, load_checkpoint, save_checkpoint
+from mofasa.config import ConfigError
 from mofasa.data import collate
 from mofasa.data.dataset import CrystalDataset
-from mofasa.training.autoencoder import load_ae_config, load_autoencoder, train_autoencoder
-from mofasa.training.checkpoint import load_checkpoint, save_checkpoint
-from mofasa.training.config import ConfigError
+from mofasa.training.autoencoder import load_ae_config, train_autoencoder
 
 from .conftest import ROOT, prepare_examples
 

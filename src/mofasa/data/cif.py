@@ -216,26 +216,77 @@ def _to_crystal(structure, id: str | None) -> Crystal:  # noqa: ANN001 (pymatgen
     return Crystal(numbers, structure.frac_coords, structure.lattice.matrix, id=id)
 
 
-def write_cif(crystal: Crystal, path: PathOrText | None = None) -> str:
+def write_cif(
+    crystal: Crystal,
+    path: PathOrText | None = None,
+    *,
+    provenance: dict[str, str | int | float] | None = None,
+) -> str:
     """Write a P1 CIF (8 significant decimals: round trip exact to < 1e-6).
 
     The lattice is stored as parameters, so reading it back gives the cell in the standard
     orientation (a along x); numbers, fractional coordinates and parameters are preserved.
 
+    Args:
+        crystal: the structure.
+        path: file to write (atomically), or None for the text only.
+        provenance: where the structure came from (e.g. ``{"model": ..., "seed": 0,
+            "index": 12}``), written as ``_mofasa_<key>`` data items of the data block, which
+            pymatgen's `CifParser` keeps in ``CifBlock.data`` and otherwise ignores.
+
     Returns:
         The CIF text (also written to ``path`` when given, atomically).
+
+    Raises:
+        ValueError: a provenance key that is not a valid CIF tag suffix.
     """
     from pymatgen.io.cif import CifWriter
 
     text = str(CifWriter(crystal.to_pymatgen()))
     if crystal.id:
         text = text.replace("data_", f"data_{_block_name(crystal.id)}_", 1)
+    if provenance:
+        text = _with_provenance(text, provenance)
     if path is not None:
         path = Path(path)
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_text(text)
         os.replace(tmp, path)
     return text
+
+
+def _with_provenance(text: str, provenance: dict[str, str | int | float]) -> str:
+    """Insert ``_mofasa_<key> value`` lines right after the ``data_`` line."""
+    lines = []
+    for key, value in provenance.items():
+        if not key or not all(ch.isalnum() or ch in "_-." for ch in key):
+            raise ValueError(f"provenance key {key!r}: use letters, digits, '_', '-', '.'")
+        lines.append(f"_mofasa_{key}   {_cif_value(value)}")
+    head, sep, rest = text.partition("data_")
+    block_line, newline, body = rest.partition("\n")
+    return head + sep + block_line + newline + "\n".join(lines) + "\n" + body
+
+
+def _cif_value(value: str | int | float) -> str:
+    """A CIF 1.1 value: bare when unambiguous, else quoted, else a semicolon text field."""
+    text = str(value)
+    reserved = ("data_", "loop_", "save_", "global_", "stop_")
+    bare = (
+        text
+        and not any(ch.isspace() for ch in text)
+        and text[0] not in "_#$'\"[];"
+        and not text.lower().startswith(reserved)
+    )
+    if bare:
+        return text
+    if "\n" not in text and "\r" not in text:
+        # a quote ends a quoted value only when whitespace follows it (CIF 1.1)
+        for quote in ("'", '"'):
+            if f"{quote} " not in text and f"{quote}\t" not in text and not text.endswith(quote):
+                return f"{quote}{text}{quote}"
+    # text field: only a line starting with ';' ends it, so such lines get a leading space
+    body = "\n".join(" " + ln if ln.startswith(";") else ln for ln in text.splitlines())
+    return f"\n;{body}\n;"
 
 
 def _block_name(name: str) -> str:

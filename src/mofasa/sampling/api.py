@@ -15,54 +15,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mofasa.checkpoint import load_model
 from mofasa.data.crystal import Crystal
 from mofasa.diffusion.latent import LatentDiffusion
+from mofasa.sampling.settings import SampleSettings
 
-__all__ = [
-    "DEFAULT_MODEL_DIR",
-    "StructureNoise",
-    "default_model_path",
-    "iter_samples",
-    "load_model",
-    "plan_sizes",
-    "sample",
-    "structure_id",
-]
-
-DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "default"
-DEFAULT_MODEL_FILE = "model.pt"
-
-
-def default_model_path() -> Path:
-    """The bundled default model (``mofasa/sampling/default/model.pt``, maybe in parts).
-
-    Raises:
-        FileNotFoundError: no default model is bundled yet.
-    """
-    from mofasa.training.checkpoint import checkpoint_exists
-
-    path = DEFAULT_MODEL_DIR / DEFAULT_MODEL_FILE
-    if not checkpoint_exists(path):
-        raise FileNotFoundError(
-            f"no default model is bundled with this mofasa yet (looked for {path}); pass a "
-            "diffusion checkpoint instead (--model PATH / model=PATH), e.g. one trained with "
-            "`mofasa train diffusion`"
-        )
-    return path
-
-
-def load_model(model: str | Path | LatentDiffusion = "default", device: str = "auto"
-               ) -> LatentDiffusion:
-    """``"default"``, a checkpoint path, or a model -> a `LatentDiffusion` in eval mode."""
-    from mofasa.training.diffusion import load_diffusion
-    from mofasa.training.loop import resolve_device
-
-    dev = resolve_device(device)
-    if isinstance(model, LatentDiffusion):
-        return model.to(dev).eval()
-    path = default_model_path() if str(model) == "default" else Path(model)
-    return load_diffusion(path, device=dev)
-
+__all__ = ["StructureNoise", "iter_samples", "plan_sizes", "sample", "size_histogram",
+           "structure_id"]
 
 def _rng(seed: int, index: int, stream: int) -> np.random.Generator:
     return np.random.default_rng([int(seed), int(index), int(stream)])
@@ -137,42 +96,36 @@ def _batches(indices: Sequence[int], sizes: Sequence[int], batch_size: int
     return [order[k : k + batch_size] for k in range(0, len(order), batch_size)]
 
 
-def iter_samples(
-    model: LatentDiffusion,
-    indices: Sequence[int],
-    *,
-    seed: int = 0,
-    atoms: int | None = None,
-    steps: int | None = None,
-    sampler: str | None = None,
-    batch_size: int = 64,
-    guidance: float = 1.0,
-    cond: torch.Tensor | None = None,
-    bf16: bool = False,
-) -> Iterator[list[Crystal]]:
+def iter_samples(model: LatentDiffusion, indices: Sequence[int], settings: SampleSettings,
+                 size_hist: torch.Tensor | None = None) -> Iterator[list[Crystal]]:
     """Generate the given structure indices batch by batch (see :func:`sample`).
+
+    Args:
+        model: the diffusion model (eval mode).
+        indices: structure indices to generate.
+        settings: resolved settings (``steps`` and ``sampler`` set; :meth:`SampleSettings.resolve`).
+        size_hist: (M + 1,) histogram to draw atom counts from (default: the model's).
 
     Yields:
         One list of `Crystal` per batch (ids from :func:`structure_id`; ``metadata`` holds
-        seed, index, steps, sampler and guidance).
+        the settings' row metadata and the structure's index).
     """
-    sizes = plan_sizes(indices, seed, model.num_atoms_hist, atoms)
-    steps = int(steps or model.config.steps)
-    sampler = sampler or model.config.sampler
+    if settings.steps is None or settings.sampler is None:
+        raise ValueError("iter_samples needs resolved settings (SampleSettings.resolve)")
+    hist = model.num_atoms_hist if size_hist is None else size_hist
+    sizes = plan_sizes(indices, settings.seed, hist, settings.atoms)
     dims = (model.local_mean.numel(), model.global_mean.numel())
-    dev = model.device
-    for batch in _batches(indices, sizes, max(1, int(batch_size))):
+    meta = settings.row_metadata()
+    for batch in _batches(indices, sizes, settings.batch_size):
         idx, ns = [p[0] for p in batch], [p[1] for p in batch]
         mask = torch.arange(max(ns)).unsqueeze(0) < torch.tensor(ns).unsqueeze(1)  # (B, N)
-        noise = StructureNoise(idx, ns, seed, dims)
-        c = None if cond is None else cond.to(dev).reshape(1, -1).expand(len(idx), -1)  # (B, C)
-        out = model.generate(mask.to(dev), [structure_id(i) for i in idx], steps=steps,
-                             sampler=sampler, noise_fn=noise, guidance=guidance, cond=c,
-                             bf16=bf16)
+        noise = StructureNoise(idx, ns, settings.seed, dims)
+        out = model.generate(mask.to(model.device), [structure_id(i) for i in idx],
+                             steps=settings.steps, sampler=settings.sampler, noise_fn=noise,
+                             guidance=settings.guidance, bf16=settings.bf16)
         crystals = out.unbatch()
         for crystal, i in zip(crystals, idx, strict=True):
-            crystal.metadata = {"seed": int(seed), "index": int(i), "steps": steps,
-                                "sampler": sampler, "guidance": float(guidance)}
+            crystal.metadata = {**meta, "index": int(i)}
         yield crystals
 
 
@@ -187,11 +140,11 @@ def sample(
     guidance: float = 1.0,
     *,
     sampler: str | None = None,
-    cond: torch.Tensor | None = None,
+    atoms_from: str = "data",
     bf16: bool = False,
     progress: bool = False,
 ) -> list[Crystal]:
-    """Sample ``num`` crystals.
+    """Sample ``num`` crystals (arguments as in :class:`SampleSettings`).
 
     Args:
         model: ``"default"`` (the bundled model), a diffusion checkpoint path, or a model.
@@ -201,23 +154,43 @@ def sample(
         seed: run seed; structure i depends only on (seed, i).
         batch_size: structures per batch (batches are grouped by atom count).
         device: ``"auto"``, ``"cpu"``, ``"cuda"``, ...
-        guidance: classifier-free guidance scale (identity without a condition).
+        guidance: classifier-free guidance scale (1 without a condition).
         sampler: ``"ddim"`` or ``"ddpm"`` (default: the model's).
-        cond: optional (1, cond_dim) or (cond_dim,) condition shared by all structures.
-        bf16: bf16 autocast for the denoiser (CUDA).
+        atoms_from: ``"data"`` or a prepared dataset folder to draw atom counts from.
+        bf16: bf16 autocast for the denoiser.
         progress: show a progress bar.
 
     Returns:
         ``num`` `Crystal` objects in index order.
+
+    Raises:
+        SampleSettingsError: a setting that cannot work (before any model is loaded).
     """
     from tqdm import tqdm
 
+    name = "<model>" if isinstance(model, LatentDiffusion) else str(model)
+    settings = SampleSettings(model=name, num=num, seed=seed, atoms=atoms, atoms_from=atoms_from,
+                              steps=steps, sampler=sampler, guidance=guidance,
+                              batch_size=batch_size, device=device, bf16=bf16).check()
     net = load_model(model, device)
+    size_hist = size_histogram(settings, net)
+    settings = settings.resolve(net, size_hist)
     out: dict[int, Crystal] = {}
     with tqdm(total=num, unit="structure", disable=not progress) as bar:
-        for crystals in iter_samples(net, range(num), seed=seed, atoms=atoms, steps=steps,
-                                     sampler=sampler, batch_size=batch_size, guidance=guidance,
-                                     cond=cond, bf16=bf16):
+        for crystals in iter_samples(net, range(num), settings, size_hist):
             out.update({c.metadata["index"]: c for c in crystals})
             bar.update(len(crystals))
     return [out[i] for i in range(num)]
+
+
+def size_histogram(settings: SampleSettings, model: LatentDiffusion) -> torch.Tensor | None:
+    """The histogram atom counts are drawn from: the model's, or a prepared dataset's train
+    split (``atoms_from``); None with a fixed ``atoms``."""
+    if settings.atoms is not None:
+        return None
+    if settings.atoms_from == "data":
+        return model.num_atoms_hist
+    from mofasa.data.dataset import CrystalDataset
+
+    counts = np.asarray(CrystalDataset(settings.atoms_from, "train").num_atoms)
+    return torch.from_numpy(np.bincount(counts).astype(np.int64))

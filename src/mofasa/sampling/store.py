@@ -1,10 +1,14 @@
 """Write samples to a folder: ``cifs/*.cif`` + ``samples.db`` (ASE), resumable.
 
-One database row per structure (atoms + key-value pairs ``name``, ``model``, ``seed``,
-``steps``, ``sampler``, ``n_atoms``, ``index``). A batch's CIFs are written first (atomically),
-then its rows in one transaction; a re-run skips every index that has a row. Because structure i
-depends only on (seed, i), a killed run continues where it stopped and never duplicates or loses
-a row. ``settings.json`` pins what must not change between a run and its continuation.
+One database row per structure: the atoms plus key-value pairs ``name``, ``index``, ``n_atoms``,
+``cell_ok`` and the run's settings (`SampleSettings.row_metadata`); the database's metadata holds
+the model and the whole settings. A batch's CIFs are written first (atomically), then its rows in
+one transaction; a re-run skips every index that has a row. Because structure i depends only on
+(seed, i), a killed run continues where it stopped and never duplicates or loses a row.
+``settings.json`` pins what must not change between a run and its continuation; it is written
+only after the settings were checked and the model loaded, so a rejected run leaves nothing.
+When the folder holds all ``num`` rows, the database is rewritten in index order (batches are
+grouped by atom count, so they arrive out of order).
 """
 
 from __future__ import annotations
@@ -13,18 +17,20 @@ import json
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-import torch
 
+from mofasa.checkpoint import load_model
 from mofasa.data.crystal import Crystal
-from mofasa.sampling.api import iter_samples, load_model
+from mofasa.sampling.api import iter_samples, size_histogram
+from mofasa.sampling.settings import SampleSettings, SampleSettingsError
 
-__all__ = ["SamplingSettingsError", "done_indices", "histogram_from_dataset", "write_samples"]
+__all__ = ["SamplingSettingsError", "cell_problem", "done_indices", "write_samples"]
 
+SamplingSettingsError = SampleSettingsError  # the name earlier versions raised
 
-class SamplingSettingsError(ValueError):
-    """The output folder holds a run with different settings."""
+MIN_VOLUME_PER_ATOM = 0.5  # Å^3: far below any real crystal (QMOF: > 5), above round-off
 
 
 def done_indices(db_path: str | Path) -> set[int]:
@@ -38,104 +44,135 @@ def done_indices(db_path: str | Path) -> set[int]:
             if "index" in row.key_value_pairs}
 
 
-def histogram_from_dataset(path: str | Path, split: str = "train") -> torch.Tensor:
-    """(M + 1,) atom-count histogram of a prepared dataset's split."""
-    from mofasa.data.dataset import CrystalDataset
-
-    counts = np.asarray(CrystalDataset(path, split).num_atoms)
-    return torch.from_numpy(np.bincount(counts).astype(np.int64))
-
-
-def _check_settings(path: Path, settings: dict) -> None:
-    if path.is_file():
-        old = json.loads(path.read_text())
-        diff = {k: (old.get(k), v) for k, v in settings.items() if old.get(k) != v}
-        if diff:
-            raise SamplingSettingsError(
-                f"{path.parent} holds a run with other settings {diff} (old, new): use another "
-                "--out or the same settings to continue it")
-    else:
-        path.write_text(json.dumps(settings, indent=1))
+def _check_settings(path: Path, settings: SampleSettings) -> None:
+    """Refuse to continue a run made with other settings (before anything is written)."""
+    if not path.is_file():
+        return
+    old = json.loads(path.read_text())
+    old = old.get("identity", old)  # folders written before settings carried an identity
+    diff = {k: (old.get(k), v) for k, v in settings.identity().items() if old.get(k) != v}
+    if diff:
+        raise SampleSettingsError(
+            f"{path.parent} holds a run with other settings {diff} (old, new): use another "
+            "--out or the same settings to continue it")
 
 
-def _write_cif(crystal: Crystal, path: Path) -> None:
-    from mofasa.data.cif import write_cif
-
+def _write_settings(path: Path, settings: SampleSettings, model_info: dict) -> None:
+    record = {"identity": settings.identity(), "settings": settings.to_dict(),
+              "model_info": model_info}
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(write_cif(crystal))
+    tmp.write_text(json.dumps(record, indent=1))
     os.replace(tmp, path)
 
 
-def write_samples(
-    out: str | Path,
-    model: str | Path = "default",
-    num: int = 100,
-    *,
-    atoms: int | None = None,
-    atoms_from: str = "data",
-    steps: int | None = None,
-    sampler: str | None = None,
-    seed: int = 0,
-    batch_size: int = 64,
-    device: str = "auto",
-    guidance: float = 1.0,
-    bf16: bool = False,
-    progress: bool = True,
-) -> dict:
-    """Sample structures 0..num-1 into ``out`` (skipping those already there).
+def cell_problem(crystal: Crystal) -> str | None:
+    """Why a decoded structure cannot be written as a CIF (None when it can): a non-finite
+    or (nearly) flat cell, or non-finite coordinates."""
+    lat = np.asarray(crystal.lattice, dtype=np.float64)
+    if not np.isfinite(lat).all() or not np.isfinite(crystal.frac).all():
+        return "non-finite cell or coordinates"
+    volume = float(np.linalg.det(lat))
+    if volume < MIN_VOLUME_PER_ATOM * max(crystal.num_atoms, 1):
+        return f"degenerate cell (volume {volume:.3g} Å^3 for {crystal.num_atoms} atoms)"
+    return None
+
+
+def _write_cif(crystal: Crystal, path: Path, provenance: dict[str, Any]) -> None:
+    from mofasa.data.cif import write_cif
+
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(write_cif(crystal, provenance=provenance))
+    os.replace(tmp, path)
+
+
+def _row_atoms(crystal: Crystal, ok: bool) -> Any:
+    """ASE atoms of a row; a structure without a usable cell keeps its elements only."""
+    if ok:
+        return crystal.to_ase()
+    from ase import Atoms
+
+    return Atoms(numbers=crystal.numbers, pbc=False)
+
+
+def _write_batch(db: Any, out: Path, crystals: list[Crystal]) -> None:
+    rows = []
+    for c in crystals:
+        problem = cell_problem(c)
+        meta = {k: v for k, v in c.metadata.items() if isinstance(v, (str, int, float, bool))}
+        if problem is None:
+            _write_cif(c, out / "cifs" / f"{c.id}.cif", meta)
+        rows.append((c, problem, meta))
+    with db:  # one transaction per batch: all of its rows or none
+        for c, problem, meta in rows:
+            extra = {} if problem is None else {"cell_error": problem}
+            db.write(_row_atoms(c, problem is None), name=c.id, n_atoms=c.num_atoms,
+                     cell_ok=problem is None, **meta, **extra)
+
+
+def _sort_by_index(db_path: Path, metadata: dict) -> None:
+    """Rewrite ``db_path`` with its rows in index order (atomically)."""
+    from ase.db import connect
+
+    rows = list(connect(str(db_path)).select())  # in row-id (write) order
+    order = [int(r.key_value_pairs["index"]) for r in rows]
+    if order == sorted(order):
+        return
+    rows.sort(key=lambda r: int(r.key_value_pairs["index"]))
+    tmp = db_path.with_name(db_path.stem + ".sorting.db")
+    tmp.unlink(missing_ok=True)
+    new = connect(str(tmp), type="db")
+    with new:
+        for r in rows:
+            new.write(r.toatoms(), **r.key_value_pairs)
+    new.metadata = metadata
+    os.replace(tmp, db_path)
+
+
+def write_samples(out: str | Path, settings: SampleSettings, *, progress: bool = True) -> dict:
+    """Sample structures 0..settings.num-1 into ``out`` (skipping those already there).
 
     Args:
         out: output folder (``cifs/``, ``samples.db``, ``settings.json``).
-        model: ``"default"`` or a diffusion checkpoint path.
-        num: total number of structures the folder should hold.
-        atoms: fixed atom count, or None.
-        atoms_from: ``"data"`` (the model's training histogram) or a prepared dataset folder
-            whose train split's histogram to draw from (ignored with ``atoms``).
-        steps, sampler, seed, batch_size, device, guidance, bf16: see
-            :func:`mofasa.sampling.sample`.
+        settings: the run's settings (checked here before anything is written).
         progress: show a progress bar.
 
     Returns:
-        Summary: out, num, written (this call), skipped (already present), seconds,
-        structures_per_s.
+        Summary: out, num, written (this call), skipped (already present), degenerate (rows
+        recorded without a CIF), seconds, structures_per_s.
 
     Raises:
-        SamplingSettingsError: ``out`` holds a run with other settings.
+        SampleSettingsError: a setting that cannot work, or ``out`` holds a run with others.
     """
     from ase.db import connect
     from tqdm import tqdm
 
     out = Path(out)
-    net = load_model(model, device)
-    (out / "cifs").mkdir(parents=True, exist_ok=True)
-    steps = int(steps or net.config.steps)
-    sampler = sampler or net.config.sampler
-    if atoms is None and atoms_from != "data":
-        net.num_atoms_hist = histogram_from_dataset(atoms_from)
-    settings = {"model": str(model), "seed": int(seed), "steps": steps, "sampler": sampler,
-                "atoms": atoms if atoms is not None else atoms_from,
-                "guidance": float(guidance)}
+    settings.check()
+    net = load_model(settings.model, settings.device)
+    size_hist = size_histogram(settings, net)
+    settings = settings.resolve(net, size_hist)
     _check_settings(out / "settings.json", settings)
+    (out / "cifs").mkdir(parents=True, exist_ok=True)
+    info = {k: v for k, v in net.checkpoint_info.items() if k in ("path", "step", "autoencoder")}
+    _write_settings(out / "settings.json", settings, info)
     db_path = out / "samples.db"
     done = done_indices(db_path)
-    todo = [i for i in range(num) if i not in done]
+    todo = [i for i in range(settings.num) if i not in done]
     start, written = time.perf_counter(), 0
-    kv = {"model": str(model), "seed": int(seed), "steps": steps, "sampler": sampler}
     db = connect(str(db_path))
-    with tqdm(total=num, initial=num - len(todo), unit="structure", disable=not progress,
-              desc="sample") as bar:
-        for crystals in iter_samples(net, todo, seed=seed, atoms=atoms, steps=steps,
-                                     sampler=sampler, batch_size=batch_size, guidance=guidance,
-                                     bf16=bf16):
-            for c in crystals:
-                _write_cif(c, out / "cifs" / f"{c.id}.cif")
-            with db:  # one transaction per batch: all of its rows or none
-                for c in crystals:
-                    db.write(c.to_ase(), name=c.id, index=int(c.metadata["index"]),
-                             n_atoms=c.num_atoms, **kv)
+    metadata = {"kind": "mofasa-samples", "model": settings.model, "model_info": info,
+                "settings": settings.to_dict()}
+    db.metadata = metadata
+    with tqdm(total=settings.num, initial=settings.num - len(todo), unit="structure",
+              disable=not progress, desc="sample") as bar:
+        for crystals in iter_samples(net, todo, settings, size_hist):
+            _write_batch(db, out, crystals)
             written += len(crystals)
             bar.update(len(crystals))
+    if len(done_indices(db_path)) == settings.num and settings.num:
+        _sort_by_index(db_path, metadata)
     seconds = time.perf_counter() - start
-    return {"out": str(out), "num": num, "written": written, "skipped": num - len(todo),
-            "seconds": round(seconds, 3),
+    bad = sum(1 for r in connect(str(db_path)).select(cell_ok=False))
+    return {"out": str(out), "num": settings.num, "written": written,
+            "skipped": settings.num - len(todo), "degenerate": bad, "seconds": round(seconds, 3),
             "structures_per_s": round(written / seconds, 3) if written and seconds else None}

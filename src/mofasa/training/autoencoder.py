@@ -8,14 +8,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mofasa.checkpoint import load_checkpoint
+from mofasa.config import load_config, to_dict
 from mofasa.data.dataset import CrystalDataset
 from mofasa.models.autoencoder import CrystalAutoencoder
 from mofasa.models.config import AutoencoderConfig
-from mofasa.training.checkpoint import load_checkpoint
-from mofasa.training.config import from_dict, load_config, to_dict
 from mofasa.training.loop import DataConfig, OptimConfig, RunConfig, Trainer
 
-__all__ = ["AETrainConfig", "build_autoencoder", "load_autoencoder", "train_autoencoder"]
+__all__ = ["AETrainConfig", "build_autoencoder", "load_ae_config", "train_autoencoder"]
 
 
 @dataclass(frozen=True)
@@ -40,18 +40,6 @@ def atom_count_histogram(dataset: CrystalDataset, max_atoms: int) -> torch.Tenso
 
 def build_autoencoder(cfg: AutoencoderConfig) -> CrystalAutoencoder:
     return CrystalAutoencoder(cfg)
-
-
-def load_autoencoder(path: str | Path, *, ema: bool = True, device: str | torch.device = "cpu"
-                     ) -> tuple[CrystalAutoencoder, dict]:
-    """Model (EMA weights by default, eval mode) and the raw checkpoint dict."""
-    ckpt = load_checkpoint(path, map_location=device)
-    if ckpt.get("kind") != "autoencoder":
-        raise ValueError(f"{path}: checkpoint kind {ckpt.get('kind')!r}, expected 'autoencoder'")
-    cfg = from_dict(AETrainConfig, ckpt["config"])
-    model = build_autoencoder(cfg.model)
-    model.load_state_dict(ckpt["ema" if ema else "model"])
-    return model.to(device).eval(), ckpt
 
 
 def train_autoencoder(cfg: AETrainConfig, *, resume: bool = True, init: str | None = None,

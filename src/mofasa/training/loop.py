@@ -29,12 +29,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from mofasa.checkpoint import checkpoint_exists, load_checkpoint, resolve_device, save_checkpoint
 from mofasa.data.batch import CrystalBatch
 from mofasa.data.dataset import CrystalDataset, make_loader
 from mofasa.data.elements import VOCAB_SYMBOLS
-from mofasa.training.checkpoint import checkpoint_exists, load_checkpoint, save_checkpoint
 
-__all__ = ["DataConfig", "OptimConfig", "RunConfig", "Trainer", "resolve_device"]
+__all__ = ["DataConfig", "OptimConfig", "RunConfig", "Trainer"]
 
 # Extra-state entries that describe the weights rather than the training data: a warm start
 # takes them from its source so that the new checkpoints stay self-consistent.
@@ -82,17 +82,6 @@ class RunConfig:
     # (a full one or a slim weights-only one), new optimiser, step count from 0.
     init_from: str = ""
     init_keep_step: bool = False  # with init_from: continue the source's step (LR schedule)
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> CUDA if present, else MPS, else CPU."""
-    if name != "auto":
-        return torch.device(name)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
 
 
 class _Distributed:

@@ -1,4 +1,8 @@
-"""`mofasa evaluate reconstruction`: how well the autoencoder reproduces real crystals."""
+"""`mofasa evaluate reconstruction`: how well the autoencoder reproduces real crystals.
+
+Lives in evaluation/ (not training/) because it only loads a finished model: it needs
+`mofasa.checkpoint`, never the training stack.
+"""
 
 from __future__ import annotations
 
@@ -11,10 +15,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mofasa.checkpoint import load_any_autoencoder, resolve_device
 from mofasa.data.batch import collate
 from mofasa.data.crystal import Crystal
 from mofasa.data.sizes import size_bin
-from mofasa.training.loop import resolve_device
 
 __all__ = ["evaluate_reconstruction", "reconstruction_metrics"]
 
@@ -42,28 +46,6 @@ def reconstruction_metrics(true: Crystal, pred: Crystal, matcher: object | None 
         except Exception:  # degenerate predictions can make the matcher raise
             out["match"] = False
     return out
-
-
-def _load_model(checkpoint: str, device: torch.device) -> torch.nn.Module:
-    """An autoencoder from an autoencoder checkpoint, a diffusion checkpoint (which embeds
-    one) or ``default`` (the bundled model)."""
-    from mofasa.training.autoencoder import load_autoencoder
-    from mofasa.training.checkpoint import load_checkpoint
-
-    if checkpoint == "default":
-        from mofasa.sampling.api import default_model_path
-
-        checkpoint = str(default_model_path())
-    kind = load_checkpoint(checkpoint).get("kind")
-    if kind == "autoencoder":
-        return load_autoencoder(checkpoint, device=device)[0]
-    from mofasa.training.diffusion import load_diffusion
-
-    model = load_diffusion(checkpoint, device=device)
-    if not model.checkpoint_info.get("can_encode", False):
-        raise ValueError(f"{checkpoint}: this export dropped the encoder; reconstruction needs "
-                         "the full autoencoder checkpoint")
-    return model.autoencoder.eval()
 
 
 def _iter_inputs(source: str, split: str, max_atoms: int | None, limit: int | None
@@ -113,7 +95,7 @@ def evaluate_reconstruction(
     out = Path(out)
     (out / "cifs").mkdir(parents=True, exist_ok=True)
     dev = resolve_device(device)
-    model = _load_model(checkpoint, dev)
+    model = load_any_autoencoder(checkpoint, dev)
     matcher = StructureMatcher(**MATCHER, primitive_cell=True, scale=True, attempt_supercell=True)
     crystals = sorted(_iter_inputs(source, split, max_atoms, limit), key=lambda c: c.num_atoms)
     rows = []
