@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from mofasa.config import ConfigError
+from mofasa.config import ConfigError, from_dict, to_dict
 from mofasa.data import Crystal, collate
 from mofasa.diffusion import (
     CosineSchedule,
@@ -34,9 +34,9 @@ from mofasa.diffusion import (
 )
 from mofasa.models import CrystalAutoencoder, get_preset
 from mofasa.models.denoiser import (
-    DENOISER_PRESETS,
     Denoiser,
     DenoiserConfig,
+    denoiser_presets,
     get_denoiser_preset,
 )
 from mofasa.training.diffusion import load_diffusion_config
@@ -111,7 +111,7 @@ def test_cosine_schedule_properties():
     assert torch.allclose(shifted.logsnr(t), lam - 2 * math.log(2.0))
     with pytest.raises(ValueError):
         DiffusionConfig(logsnr_min=1.0, logsnr_max=0.0)
-    assert DiffusionConfig.from_dict(DiffusionConfig(steps=7).to_dict()).steps == 7
+    assert from_dict(DiffusionConfig, to_dict(DiffusionConfig(steps=7))).steps == 7
 
 
 def test_v_prediction_round_trip():
@@ -267,11 +267,13 @@ def test_full_loop_regression(name):
 
 
 def test_denoiser_config_round_trip_and_presets():
-    for name, cfg in DENOISER_PRESETS.items():
-        assert DenoiserConfig.from_dict(cfg.to_dict()) == cfg, name
-        assert isinstance(cfg.to_dict()["backbone"], dict)
-    with pytest.raises(KeyError):
-        DenoiserConfig.from_dict({"widht": 3})
+    assert denoiser_presets() == ["base", "small", "tiny"]
+    for name in denoiser_presets():  # every shipped YAML preset loads and round-trips
+        cfg = get_denoiser_preset(name)
+        assert from_dict(DenoiserConfig, to_dict(cfg)) == cfg, name
+        assert isinstance(to_dict(cfg)["backbone"], dict)
+    with pytest.raises(ConfigError, match="widht"):
+        from_dict(DenoiserConfig, {"widht": 3})
     with pytest.raises(ValueError, match="dense"):
         DenoiserConfig(backbone=dataclasses.replace(DenoiserConfig().backbone, local="knn"))
     with pytest.raises(ValueError, match="resolve"):

@@ -20,12 +20,12 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
+from mofasa.config import ConfigError, from_dict, merge, to_dict
 from mofasa.data import Crystal, CrystalBatch, canonicalize, collate, read_cif
 from mofasa.data.elements import NUM_TOKENS
 from mofasa.geometry.lattice import lattice_from_parameters
 from mofasa.models import (
     GNS,
-    PRESETS,
     AutoencoderConfig,
     BackboneConfig,
     BottleneckConfig,
@@ -33,6 +33,7 @@ from mofasa.models import (
     GaussianBottleneck,
     ResidualVQ,
     attend,
+    autoencoder_presets,
     get_preset,
     kl_divergence,
     lattice_matrix_from_parameters,
@@ -68,7 +69,7 @@ def crystals() -> list[Crystal]:
 
 
 def _tiny(**overrides) -> AutoencoderConfig:
-    return AutoencoderConfig.from_dict(overrides, base=get_preset("tiny"))
+    return merge(get_preset("tiny"), overrides)
 
 
 def _model(seed: int = 0, dtype: torch.dtype = torch.float64, **overrides) -> CrystalAutoencoder:
@@ -120,22 +121,21 @@ class _MaxNumel(TorchDispatchMode):
 
 
 def test_config_round_trip_and_presets(tmp_path):
-    for name, cfg in PRESETS.items():
-        d = cfg.to_dict()
-        assert json.loads(json.dumps(d)) == d, name  # plain types only
-        assert AutoencoderConfig.from_dict(d) == cfg, name
-        assert get_preset(name) is cfg
+    assert autoencoder_presets() == ["base", "large", "small", "tiny"]
+    for name in autoencoder_presets():  # every shipped YAML preset loads and round-trips
+        cfg = get_preset(name)
+        d = to_dict(cfg)
+        assert from_dict(AutoencoderConfig, d) == cfg, name
+        assert from_dict(AutoencoderConfig, json.loads(json.dumps(d))) == cfg, name
     assert AutoencoderConfig() == get_preset("small")  # the defaults are the small preset
     # partial override on top of a base, nested
-    cfg = AutoencoderConfig.from_dict(
-        {"decoder": {"depth": 5}, "bottleneck": {"kind": "rvq"}, "fourier_frequencies": [1, 3]},
-        base=get_preset("small"),
-    )
+    cfg = merge(get_preset("small"), {"decoder": {"depth": 5}, "bottleneck": {"kind": "rvq"},
+                                      "fourier_frequencies": [1, 3]})
     assert cfg.decoder.depth == 5 and cfg.decoder.width == get_preset("small").decoder.width
     assert cfg.bottleneck.kind == "rvq" and cfg.fourier_frequencies == (1, 3)
-    with pytest.raises(KeyError):
-        AutoencoderConfig.from_dict({"no_such_key": 1})
-    with pytest.raises(KeyError):
+    with pytest.raises(ConfigError, match="no_such_key"):
+        from_dict(AutoencoderConfig, {"no_such_key": 1})
+    with pytest.raises(ConfigError, match="shipped"):
         get_preset("huge")
     with pytest.raises(ValueError):
         BackboneConfig(width=30, heads=4)
@@ -143,9 +143,9 @@ def test_config_round_trip_and_presets(tmp_path):
         BottleneckConfig(kind="vae")
     # a checkpoint-like file with the config as a plain dict loads under weights_only=True
     model = _model(dtype=torch.float32)
-    torch.save({"config": model.config.to_dict(), "model": model.state_dict()}, tmp_path / "c.pt")
+    torch.save({"config": to_dict(model.config), "model": model.state_dict()}, tmp_path / "c.pt")
     ckpt = torch.load(tmp_path / "c.pt", weights_only=True)
-    clone = CrystalAutoencoder(AutoencoderConfig.from_dict(ckpt["config"]))
+    clone = CrystalAutoencoder(from_dict(AutoencoderConfig, ckpt["config"]))
     clone.load_state_dict(ckpt["model"])
     assert clone.config == model.config
 

@@ -1,9 +1,11 @@
-"""Dataclass configs from YAML with type-checked dotted overrides (no Hydra, no eval).
+"""The one config system: dataclass configs from YAML with type-checked dotted overrides.
 
     cfg = load_config(TrainConfig, "small", ["optim.lr=1e-4", "data.path=prepared/qmof"])
 
-Unknown keys and wrong types raise `ConfigError` naming the key. Named configs ship inside the
-package (`mofasa/configs/*.yaml`, read with importlib.resources).
+Unknown keys and wrong types raise `ConfigError` naming the key (no Hydra, no eval). Named
+configs ship inside the package (`mofasa/configs/<kind>_<name>.yaml`, read with
+importlib.resources) and are the only presets: model presets are their ``model`` sections
+(`load_section`). This module is pure (stdlib + PyYAML), so every room may import it.
 """
 
 from __future__ import annotations
@@ -17,7 +19,16 @@ from typing import Any, TypeVar, Union
 
 import yaml
 
-__all__ = ["ConfigError", "apply_overrides", "from_dict", "load_config", "named_configs", "to_dict"]
+__all__ = [
+    "ConfigError",
+    "apply_overrides",
+    "from_dict",
+    "load_config",
+    "load_section",
+    "merge",
+    "named_configs",
+    "to_dict",
+]
 
 T = TypeVar("T")
 
@@ -43,6 +54,21 @@ def from_dict(cls: type[T], data: dict | None, where: str = "") -> T:
         raise ConfigError(f"unknown config key(s) {sorted(_join(where, k) for k in unknown)}")
     values = {k: _coerce(hints[k], v, _join(where, k)) for k, v in data.items()}
     return cls(**values)
+
+
+def merge(cfg: T, data: dict) -> T:
+    """``cfg`` with the (partial, nested) ``data`` applied on top, checked like `from_dict`."""
+    return from_dict(type(cfg), _deep_update(to_dict(cfg), data))
+
+
+def _deep_update(base: dict, data: dict) -> dict:
+    out = dict(base)
+    for key, value in data.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_update(out[key], value)
+        else:
+            out[key] = value
+    return out
 
 
 def _join(where: str, key: str) -> str:
@@ -130,6 +156,20 @@ def named_configs(kind: str) -> list[str]:
     )
 
 
+def _shipped_text(kind: str, name: str) -> str:
+    shipped = resources.files("mofasa") / "configs" / f"{kind}_{name}.yaml"
+    if not shipped.is_file():
+        raise ConfigError(f"no config file {name!r} and no shipped {kind} config of that name "
+                          f"(shipped: {', '.join(named_configs(kind))})")
+    return shipped.read_text()
+
+
+def load_section(cls: type[T], kind: str, name: str, section: str) -> T:
+    """One section (e.g. ``model``) of a shipped config, as dataclass ``cls``."""
+    data = yaml.safe_load(_shipped_text(kind, name)) or {}
+    return from_dict(cls, data.get(section), section)
+
+
 def load_config(
     cls: type[T], source: str | Path | dict | None, overrides: list[str] | None = None,
     kind: str | None = None,
@@ -139,17 +179,11 @@ def load_config(
         data = source or {}
     else:
         path = Path(source)
-        if not path.is_file() and kind is not None:
-            shipped = resources.files("mofasa") / "configs" / f"{kind}_{source}.yaml"
-            if not shipped.is_file():
-                raise ConfigError(
-                    f"no config file {source!r} and no shipped {kind} config of that name "
-                    f"(shipped: {', '.join(named_configs(kind))})"
-                )
-            text = shipped.read_text()
-        elif not path.is_file():
-            raise ConfigError(f"config file {source} not found")
-        else:
+        if path.is_file():
             text = path.read_text()
+        elif kind is not None:
+            text = _shipped_text(kind, str(source))
+        else:
+            raise ConfigError(f"config file {source} not found")
         data = yaml.safe_load(text) or {}
     return from_dict(cls, apply_overrides(data, overrides or []))

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
@@ -64,18 +63,6 @@ class DiffusionConfig:
             raise ValueError(f"sampler must be ddim or ddpm, got {self.sampler!r}")
         if self.steps < 1 or self.stats_max_structures < 1:
             raise ValueError("steps and stats_max_structures must be >= 1")
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain dict."""
-        return {k: getattr(self, k) for k in self.__dataclass_fields__}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> DiffusionConfig:
-        """Inverse of :meth:`to_dict` (missing keys keep their defaults)."""
-        unknown = sorted(set(data) - set(cls.__dataclass_fields__))
-        if unknown:
-            raise KeyError(f"DiffusionConfig: unknown keys {unknown}")
-        return cls(**data)
 
 
 class CosineSchedule:

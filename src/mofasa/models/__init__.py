@@ -4,8 +4,8 @@
 * :mod:`~mofasa.models.autoencoder`: :class:`CrystalAutoencoder`;
 * :mod:`~mofasa.models.bottleneck`: none / KL / residual-VQ bottlenecks;
 * :mod:`~mofasa.models.losses`: reconstruction losses;
-* :mod:`~mofasa.models.config`: frozen configs and the ``tiny`` / ``small`` / ``base`` /
-  ``large`` presets.
+* :mod:`~mofasa.models.config`: frozen configs; `get_preset` reads the ``tiny`` / ``small`` /
+  ``base`` / ``large`` presets from the shipped YAML files (their only source).
 """
 
 from mofasa.models.autoencoder import (
@@ -24,10 +24,10 @@ from mofasa.models.bottleneck import (
     make_bottleneck,
 )
 from mofasa.models.config import (
-    PRESETS,
     AutoencoderConfig,
     BackboneConfig,
     BottleneckConfig,
+    autoencoder_presets,
     get_preset,
 )
 from mofasa.models.gns import GNS, attend
@@ -35,7 +35,6 @@ from mofasa.models.losses import autoencoder_loss, periodic_displacement
 
 __all__ = [
     "GNS",
-    "PRESETS",
     "AutoencoderConfig",
     "BackboneConfig",
     "BottleneckConfig",
@@ -48,6 +47,7 @@ __all__ = [
     "ResidualVQ",
     "attend",
     "autoencoder_loss",
+    "autoencoder_presets",
     "get_preset",
     "kl_divergence",
     "lattice_matrix_from_parameters",

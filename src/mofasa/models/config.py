@@ -1,58 +1,24 @@
-"""Frozen model configurations and named presets.
+"""Frozen model configurations (plain dataclasses).
 
-Every config round-trips through plain dicts of plain types (``to_dict`` / ``from_dict``), so it
-can be stored inside a ``torch.load(weights_only=True)`` checkpoint or a YAML file. ``from_dict``
-accepts partial dicts (missing keys keep the values of ``base``, by default the dataclass
-defaults) and rejects unknown keys, so a YAML file only lists what it changes.
+There is one config system, `mofasa.config`: `from_dict` builds these from (partial) nested
+dicts with type checks and `to_dict` turns them back into plain dicts for checkpoints and YAML.
+Named presets exist only as the YAML files shipped in ``mofasa/configs/`` (the ``model`` section
+of ``autoencoder_<name>.yaml``); `get_preset` reads them.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+
+from mofasa.config import load_section, named_configs
 
 __all__ = [
-    "PRESETS",
     "AutoencoderConfig",
     "BackboneConfig",
     "BottleneckConfig",
+    "autoencoder_presets",
     "get_preset",
 ]
-
-_T = TypeVar("_T")
-
-
-def _to_plain(value: Any) -> Any:
-    """Dataclasses -> dicts, tuples -> lists, recursively (plain types only)."""
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _to_plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
-    if isinstance(value, (list, tuple)):
-        return [_to_plain(v) for v in value]
-    return value
-
-
-def _from_plain(cls: type[_T], data: dict[str, Any], base: _T | None) -> _T:
-    """Build ``cls`` from a (partial) dict, filling missing keys from ``base`` or defaults."""
-    if not isinstance(data, dict):
-        raise TypeError(f"{cls.__name__}: expected a dict, got {type(data).__name__}")
-    names = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    unknown = sorted(set(data) - set(names))
-    if unknown:
-        raise KeyError(f"{cls.__name__}: unknown keys {unknown}; known: {sorted(names)}")
-    base = base if base is not None else cls()
-    kwargs: dict[str, Any] = {}
-    for name in names:
-        current = getattr(base, name)
-        if name not in data:
-            kwargs[name] = current
-        elif dataclasses.is_dataclass(current):
-            kwargs[name] = _from_plain(type(current), data[name], current)
-        elif isinstance(current, tuple):
-            kwargs[name] = tuple(data[name])
-        else:
-            kwargs[name] = data[name]
-    return cls(**kwargs)
 
 
 @dataclass(frozen=True)
@@ -96,14 +62,7 @@ class BackboneConfig:
         """Hidden width of the MLPs."""
         return max(1, round(self.width * self.mlp_ratio))
 
-    def to_dict(self) -> dict[str, Any]:
-        """Plain-dict form (JSON / YAML / ``weights_only`` safe)."""
-        return _to_plain(self)
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any], base: BackboneConfig | None = None) -> BackboneConfig:
-        """Inverse of :meth:`to_dict`; missing keys come from ``base`` (default: defaults)."""
-        return _from_plain(cls, data, base)
 
 
 @dataclass(frozen=True)
@@ -140,16 +99,7 @@ class BottleneckConfig:
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must lie in [0, 1), got {self.ema_decay}")
 
-    def to_dict(self) -> dict[str, Any]:
-        """Plain-dict form."""
-        return _to_plain(self)
 
-    @classmethod
-    def from_dict(
-        cls, data: dict[str, Any], base: BottleneckConfig | None = None
-    ) -> BottleneckConfig:
-        """Inverse of :meth:`to_dict`; missing keys come from ``base``."""
-        return _from_plain(cls, data, base)
 
 
 @dataclass(frozen=True)
@@ -245,99 +195,18 @@ class AutoencoderConfig:
         if not 0.0 <= self.angle_min < self.angle_max <= 180.0:
             raise ValueError("need 0 <= angle_min < angle_max <= 180")
 
-    def to_dict(self) -> dict[str, Any]:
-        """Plain nested dict (lists instead of tuples), e.g. for a checkpoint or YAML."""
-        return _to_plain(self)
-
-    @classmethod
-    def from_dict(
-        cls, data: dict[str, Any], base: AutoencoderConfig | None = None
-    ) -> AutoencoderConfig:
-        """Inverse of :meth:`to_dict`; a partial dict overrides ``base`` (default: defaults).
-
-        Args:
-            data: (nested) dict, e.g. ``{"decoder": {"depth": 6}, "latent_dim": 8}``.
-            base: config whose values fill the keys ``data`` does not mention.
-
-        Returns:
-            The new config.
-
-        Raises:
-            KeyError: on keys that are not fields.
-        """
-        return _from_plain(cls, data, base)
 
 
-def _preset(
-    width: int,
-    enc_depth: int,
-    dec_depth: int,
-    heads: int,
-    mlp_ratio: float,
-    **kwargs: Any,
-) -> AutoencoderConfig:
-    common = {"width": width, "heads": heads, "mlp_ratio": mlp_ratio}
-    enc = BackboneConfig(depth=enc_depth, local="knn", **common)
-    dec = BackboneConfig(depth=dec_depth, local="dense", **common)
-    return AutoencoderConfig(encoder=enc, decoder=dec, **kwargs)
 
-
-_FINE_FREQUENCIES = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32)
-
-#: Named presets (parameter counts for the default vocabulary):
-#:
-#: * ``tiny`` (~0.1 M): CI; a training step takes milliseconds on CPU.
-#: * ``small`` (~2.3 M): CPU training on QMOF <= 60 atoms (~1.2 s per step of 32 crystals
-#:   on one core).
-#: * ``base`` (~6.4 M): one GPU, QMOF <= 150 atoms; sized so that a bf16 copy (~12 MB) plus a
-#:   denoiser fits the repository's single 25 MB weights file.
-#: * ``large`` (~127 M): multi-GPU, up to 500 atoms.
-PRESETS: dict[str, AutoencoderConfig] = {
-    "tiny": _preset(
-        32, 1, 2, 2, 2.0,
-        latent_dim=8,
-        global_latent_dim=8,
-        knn_k=8,
-        rbf_size=16,
-        fourier_frequencies=(1, 2, 4, 8),
-        bottleneck=BottleneckConfig(kind="kl", kl_weight=1e-5, codebook_size=64),
-    ),
-    "small": _preset(
-        128, 3, 4, 4, 2.0,
-        latent_dim=16,
-        global_latent_dim=32,
-        knn_k=12,
-        rbf_size=32,
-        bottleneck=BottleneckConfig(kind="kl", kl_weight=1e-5, codebook_size=256),
-    ),
-    "base": _preset(
-        192, 3, 6, 6, 2.0,
-        latent_dim=16,
-        global_latent_dim=64,
-        knn_k=16,
-        rbf_size=48,
-        fourier_frequencies=_FINE_FREQUENCIES,
-        bottleneck=BottleneckConfig(kind="kl", kl_weight=1e-5, codebook_size=1024),
-    ),
-    "large": _preset(
-        512, 6, 12, 8, 4.0,
-        latent_dim=16,
-        global_latent_dim=64,
-        knn_k=16,
-        rbf_size=48,
-        fourier_frequencies=_FINE_FREQUENCIES,
-        bottleneck=BottleneckConfig(kind="kl", kl_weight=1e-5, codebook_size=1024),
-    ),
-}
+def autoencoder_presets() -> list[str]:
+    """Names of the shipped autoencoder presets (``tiny``, ``small``, ``base``, ``large``)."""
+    return named_configs("autoencoder")
 
 
 def get_preset(name: str) -> AutoencoderConfig:
-    """The named preset (``tiny``, ``small``, ``base`` or ``large``).
+    """The ``model`` section of the shipped ``autoencoder_<name>.yaml``.
 
     Raises:
-        KeyError: for an unknown name.
+        ConfigError: for an unknown name.
     """
-    try:
-        return PRESETS[name]
-    except KeyError:
-        raise KeyError(f"unknown preset {name!r}; choose from {sorted(PRESETS)}") from None
+    return load_section(AutoencoderConfig, "autoencoder", name, "model")

@@ -20,19 +20,19 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mofasa.models.config import BackboneConfig, _from_plain, _to_plain
+from mofasa.config import load_section, named_configs
+from mofasa.models.config import BackboneConfig
 from mofasa.models.gns import GNS
 
 __all__ = [
-    "DENOISER_PRESETS",
     "Denoiser",
     "DenoiserConfig",
+    "denoiser_presets",
     "get_denoiser_preset",
     "timestep_embedding",
 ]
@@ -79,43 +79,20 @@ class DenoiserConfig:
         if not 0.0 <= self.cond_drop_prob <= 1.0:
             raise ValueError(f"cond_drop_prob must lie in [0, 1], got {self.cond_drop_prob}")
 
-    def to_dict(self) -> dict[str, Any]:
-        """Plain nested dict (YAML / ``weights_only`` safe)."""
-        return _to_plain(self)
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any], base: DenoiserConfig | None = None
-                  ) -> DenoiserConfig:
-        """Inverse of :meth:`to_dict`; missing keys come from ``base`` (default: defaults)."""
-        return _from_plain(cls, data, base)
-
-
-def _preset(width: int, depth: int, heads: int, mlp_ratio: float, time_dim: int
-            ) -> DenoiserConfig:
-    bb = BackboneConfig(width=width, depth=depth, heads=heads, mlp_ratio=mlp_ratio)
-    return DenoiserConfig(backbone=bb, time_embed_dim=time_dim)
-
-
-#: Named sizes (parameters with 16 / 64 latent channels): ``tiny`` (~0.09 M, CI), ``small``
-#: (~2.8 M, CPU), ``base`` (~6.3 M, one GPU; a bf16 sampling export with the base autoencoder's
-#: decoder is ~20 MB, inside the 25 MB bundle budget).
-DENOISER_PRESETS: dict[str, DenoiserConfig] = {
-    "tiny": _preset(32, 2, 2, 2.0, 32),
-    "small": _preset(128, 6, 4, 2.0, 128),
-    "base": _preset(192, 6, 6, 2.0, 192),
-}
+def denoiser_presets() -> list[str]:
+    """Names of the shipped diffusion presets (``tiny``, ``small``, ``base``)."""
+    return named_configs("diffusion")
 
 
 def get_denoiser_preset(name: str) -> DenoiserConfig:
-    """The named preset (``tiny``, ``small`` or ``base``).
+    """The ``model`` section of the shipped ``diffusion_<name>.yaml`` (latent sizes 0: taken
+    from the autoencoder).
 
     Raises:
-        KeyError: for an unknown name.
+        ConfigError: for an unknown name.
     """
-    try:
-        return DENOISER_PRESETS[name]
-    except KeyError:
-        raise KeyError(f"unknown preset {name!r}; choose {sorted(DENOISER_PRESETS)}") from None
+    return load_section(DenoiserConfig, "diffusion", name, "model")
 
 
 def timestep_embedding(x: torch.Tensor, dim: int, max_period: float = 10_000.0) -> torch.Tensor:
