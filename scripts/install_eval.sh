@@ -28,7 +28,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${MOFASA_PYTHON:-.venv/bin/python}"
-PIP=("$PY" -m pip --disable-pip-version-check)
+PIP=(pip_quiet)
+pip_quiet() {  # pip, minus its warning about this machine's missing index folders (noise)
+    "$PY" -m pip --disable-pip-version-check "$@" 2> >(
+        grep -v "^WARNING: Location '.*' is ignored: it is neither a file nor a directory" >&2)
+}
 LIBCONEANGLE=0.1.2
 PYEQEQ=0.0.10
 MOFFRAGMENTOR=0.0.6
@@ -101,14 +105,17 @@ else
     if ! "$PY" -c "import libconeangle" 2>/dev/null; then
         "${PIP[@]}" download --quiet --no-deps --only-binary=:all: --python-version 3.10 \
             --platform manylinux_2_17_x86_64 -d "$tmp/lca" "libconeangle==$LIBCONEANGLE"
-        "$PY" -m wheel tags --remove --python-tag py3 --abi-tag none "$tmp"/lca/libconeangle-*.whl
+        "$PY" -m wheel tags --remove --python-tag py3 --abi-tag none "$tmp"/lca/libconeangle-*.whl \
+            >/dev/null
         "${PIP[@]}" install --quiet --no-deps "$tmp"/lca/libconeangle-*py3-none-*.whl
     fi
     "${PIP[@]}" install --quiet -c "$tmp/constraints.txt" -e ".[eval]"
     "${PIP[@]}" install --quiet --no-deps "pyzeo==0.2.0" \
         || echo "install_eval: pyzeo not installed (pore metrics unavailable; optional)"
     # fail loudly here rather than silently at evaluation time
-    "$PY" -c "from mofasa.evaluation.compat import require_checkers; print(require_checkers())"
+    "$PY" -c "from mofasa.evaluation.compat import require_checkers as r; v = r(); print(
+        'install_eval: evaluation tools ready (mofchecker', v['mofchecker'], '+ chgnet',
+        v['chgnet'] + ')')"
 fi
 
 # ---- topology (optional): moffragmentor without its Jupyter dependencies
@@ -122,12 +129,14 @@ EOF
         echo "install_eval: moffragmentor already installed"
     else
         constraints
-        if "${PIP[@]}" install --quiet --no-deps "moffragmentor==$MOFFRAGMENTOR" \
-            && "${PIP[@]}" install --quiet -c "$tmp/constraints.txt" -e ".[topology]"; then
-            echo "install_eval: (pip's note that moffragmentor requires nglview and" \
-                "timeout-decorator is expected: its Jupyter viewer and its batch harvester are" \
-                "left out on purpose)"
-            "$PY" -c "from mofasa.evaluation.topology import require_topology as r; print(r())" \
+        # its real imports first, then moffragmentor itself without dependencies: pip checks
+        # conflicts only when it resolves dependencies, so the nglview / timeout-decorator it
+        # declares (Jupyter viewer, batch harvester: left out on purpose) raise no false alarm
+        if "${PIP[@]}" install --quiet -c "$tmp/constraints.txt" -e ".[topology]" \
+            && "${PIP[@]}" install --quiet --no-deps "moffragmentor==$MOFFRAGMENTOR"; then
+            "$PY" -c "from mofasa.evaluation.topology import require_topology as r; v = r(); print(
+                'install_eval: topology ready (moffragmentor', v['moffragmentor'], '+ Systre',
+                v['systre'] + ')')" \
                 || echo "install_eval: moffragmentor installed but topology is not usable" \
                     "(see the message above; optional)"
         else

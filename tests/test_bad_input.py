@@ -83,8 +83,9 @@ def test_corpus_is_complete():
     on_disk = {p.name for p in BAD.glob("*.cif")}
     assert on_disk == set(EXPECTED) | set(GOOD)
     covered = set(EXPECTED.values()) | {"checksum_mismatch"}
-    # canonicalization_failed needs a structure that spglib/Niggli cannot reduce; none known
-    assert set(REASONS) - covered == {"canonicalization_failed"}
+    # canonicalization_failed needs a structure that spglib/Niggli cannot reduce; none known.
+    # timeout depends on the limit, not on a file: see test_slow_file_is_rejected_as_timeout
+    assert set(REASONS) - covered == {"canonicalization_failed", "timeout"}
     assert all(p.stat().st_size < 20_000 for p in BAD.iterdir())
 
 
@@ -236,7 +237,7 @@ def test_unusable_input_is_a_usage_error(tmp_path, capsys, case):
     captured = capsys.readouterr()
     assert code == 2
     lines = captured.err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("mofasa: error: --input ")
+    assert len(lines) == 1 and lines[0].startswith("mofasa data: error: --input ")
     assert message in lines[0]
     assert captured.out == ""
 
@@ -299,3 +300,142 @@ def test_interrupted_run_resumes(tmp_path, monkeypatch):
         n: EXPECTED[n] for n in bad
     }
     assert not (out / "parts").exists()
+
+
+# ------------------------------------------------------------------------------ empty loops
+_SITE_COLUMNS = "".join(f" _atom_site_{c}\n" for c in ("type_symbol", "label", "fract_x",
+                                                        "fract_y", "fract_z", "occupancy"))
+_HEAD = "data_x\n" + "".join(f"_cell_length_{a} 10.0\n" for a in "abc") + "".join(
+    f"_cell_angle_{a} 90.0\n" for a in ("alpha", "beta", "gamma"))
+_SYMOPS = "loop_\n _symmetry_equiv_pos_as_xyz\n  'x, y, z'\n"
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        (_HEAD + _SYMOPS + "loop_\n" + _SITE_COLUMNS, "no_atoms"),  # columns, no rows, at EOF
+        (_HEAD + "loop_\n" + _SITE_COLUMNS + _SYMOPS, "no_atoms"),  # ... then another loop
+        (_HEAD + "loop_\n _symmetry_equiv_pos_as_xyz\nloop_\n" + _SITE_COLUMNS
+         + "  C C1 0.5 0.5 0.5 1\n", "truncated"),  # an empty symmetry loop: not "no atoms"
+    ],
+    ids=["site_loop_at_end", "site_loop_then_symops", "empty_symop_loop"],
+)
+def test_empty_loop_is_named_not_a_crash(text, reason):
+    # pymatgen's tokeniser divides by zero on a loop with fewer values than columns; that used
+    # to surface as "unreadable: ZeroDivisionError: integer modulo by zero"
+    with pytest.raises(CrystalError) as info:
+        read_cif(text, id="empty_loop")
+    assert info.value.reason == reason, str(info.value)
+    assert "ZeroDivision" not in str(info.value)
+    status, payload = prepare.process_one("empty_loop.cif", text.encode(), None, CONFIG)
+    assert (status, payload[0]) == ("rejected", reason), payload
+
+
+# ------------------------------------------------------------------------------ huge inputs
+def write_many_atoms_cif(path: Path, n_cells: tuple[int, int, int] = (6, 8, 5)) -> int:
+    """A P1 supercell of a 50-atom QMOF structure (6x8x5: 12,000 atoms); returns the count."""
+    base = read_cif(EXAMPLES / "qmof_cifs" / "qmof-010dd4a.cif")
+    reps = np.array(n_cells)
+    shifts = np.stack(np.meshgrid(*(np.arange(r) for r in reps), indexing="ij"), -1)
+    frac = ((base.frac[None] + shifts.reshape(-1, 1, 3)) / reps).reshape(-1, 3)
+    symbols = base.symbols * int(np.prod(reps))
+    a, b, c, al, be, ga = base.parameters
+    head = [
+        "data_many_atoms", f"_cell_length_a {a * reps[0]:.6f}", f"_cell_length_b {b * reps[1]:.6f}",
+        f"_cell_length_c {c * reps[2]:.6f}", f"_cell_angle_alpha {al:.6f}",
+        f"_cell_angle_beta {be:.6f}", f"_cell_angle_gamma {ga:.6f}",
+        "loop_", " _symmetry_equiv_pos_as_xyz", "  'x, y, z'", "loop_", _SITE_COLUMNS.rstrip(),
+    ]  # fmt: skip
+    rows = [f"  {s} {s}{i} {x:.8f} {y:.8f} {z:.8f} 1"
+            for i, (s, (x, y, z)) in enumerate(zip(symbols, frac, strict=True))]  # fmt: skip
+    path.write_text("\n".join(head + rows) + "\n")
+    return len(rows)
+
+
+def test_atom_limit_applies_before_any_structure_is_built(tmp_path, monkeypatch):
+    path = tmp_path / "many_atoms.cif"
+    assert write_many_atoms_cif(path) == 12_000
+    from mofasa.data import cif
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("the atom limit must be applied before building the structure")
+
+    monkeypatch.setattr(cif, "_fast_p1", must_not_run)
+    monkeypatch.setattr(cif, "_parse_structure", must_not_run)
+    with pytest.raises(CrystalError) as info:
+        read_cif(path, max_atoms=1000)
+    assert info.value.reason == "too_many_atoms" and info.value.num_atoms == 12_000
+    assert "many_atoms" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_prepare_rejects_a_huge_file_before_symmetry_work(tmp_path, monkeypatch):
+    path = tmp_path / "many_atoms.cif"
+    write_many_atoms_cif(path)
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("canonicalize must not run on a 12,000-atom input")
+
+    monkeypatch.setattr(prepare, "canonicalize", must_not_run)
+    status, payload = prepare.process_one(path.name, path.read_bytes(), None, PrepareConfig())
+    assert (status, payload[0]) == ("rejected", "too_many_atoms"), payload
+    assert "max_input_atoms=4000" in payload[1]
+
+
+# ------------------------------------------------------------------------------ time limit
+def test_slow_file_is_rejected_as_timeout(monkeypatch):
+    import time
+
+    def hang(crystal, **kwargs):
+        time.sleep(30)
+
+    monkeypatch.setattr(prepare, "canonicalize", hang)
+    data = (BAD / "good_symmetry_p21c.cif").read_bytes()
+    start = time.perf_counter()
+    config = PrepareConfig(max_atoms=MAX_ATOMS, workers=1, file_timeout=0.5)
+    status, payload = prepare.process_one("slow.cif", data, None, config)
+    assert (status, payload[0]) == ("rejected", "timeout"), payload
+    assert "file_timeout=0.5" in payload[1]
+    assert time.perf_counter() - start < 10
+
+
+def test_time_limit_in_workers_and_the_run_goes_on(tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name in ("good_symmetry_p21c.cif", "no_atoms.cif"):
+        shutil.copy(BAD / name, folder)
+    # 0.1 ms: no CIF parses that fast, so every file hits the limit inside the worker
+    config = PrepareConfig(max_atoms=MAX_ATOMS, workers=1, file_timeout=1e-4)
+    manifest = prepare_dataset(folder, tmp_path / "out", config=config, progress=False)
+    assert manifest["n_inputs"] == 2 and manifest["n_accepted"] == 0
+    assert manifest["rejected_by_reason"] == {"timeout": 2}
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"file_timeout": 0}, "file_timeout must be > 0"),
+        ({"max_atoms": 0}, "max_atoms must be >= 1"),
+        ({"max_atoms": 600, "max_input_atoms": 500}, "max_input_atoms (500) must be >="),
+        ({"workers": -1}, "workers must be >= 0"),
+    ],
+)
+def test_impossible_prepare_settings(changes, message):
+    with pytest.raises(UsageError) as info:
+        PrepareConfig(**changes)
+    assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_dataset_from_before_the_new_settings_still_resumes(tmp_path):
+    import json
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    shutil.copy(BAD / "good_symmetry_p21c.cif", folder)
+    out = tmp_path / "out"
+    prepare_dataset(folder, out, config=CONFIG, progress=False)
+    manifest = json.loads((out / "manifest.json").read_text())
+    for key in ("max_input_atoms", "file_timeout"):  # an older version did not write them
+        del manifest["config"][key]
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    again = prepare_dataset(folder, out, config=CONFIG, progress=False)
+    assert again["n_accepted"] == 1

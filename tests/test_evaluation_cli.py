@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import importlib.metadata as md
 import json
 import shutil
@@ -23,24 +22,15 @@ except md.PackageNotFoundError:  # pragma: no cover
         "mofchecker not installed: run `bash scripts/install_eval.sh`", allow_module_level=True
     )
 
+from mofasa.cli import main
 from mofasa.evaluation import runner
-from mofasa.evaluation.cli import add_evaluate_parser, add_relax_parser
 from mofasa.evaluation.runner import evaluate
 
 A, B = "qmof-a0e80c5", "qmof-7344c24"  # 26 and 27 atoms
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="mofasa")
-    sub = p.add_subparsers()
-    add_evaluate_parser(sub)
-    add_relax_parser(sub)
-    return p
-
-
 def run_cli(*argv: str) -> int:
-    args = parser().parse_args([str(a) for a in argv])
-    return args.func(args)
+    return main([str(a) for a in argv])
 
 
 def read(name: str) -> Crystal:
@@ -244,21 +234,31 @@ def chromium() -> str | None:
                     "(apt-get install chromium, or MOFASA_EVAL_BROWSER=1 "
                     "bash scripts/install_eval.sh): report screenshot not tested")  # fmt: skip
 def test_report_renders_in_headless_chromium(evaluated, tmp_path):
+    import re
+
     from PIL import Image
 
+    page = (evaluated / "report.html").read_text()
+    # the chemist's figures: counts beside rates, geometry per row, every size bin, CIF links
+    assert re.search(r"\d+\.\d% <small>\(\d+/5\)</small>", page)
+    assert page.count("<td>51-90</td>") == 1 and "<pre>" not in page
+    assert 'id="element-key"' in page and "d<sub>min</sub> (Å)" in page
+    links = re.findall(r'<a href="(report_cifs/[^"]+\.cif)"><img', page)
+    assert len(links) == 4 and all((evaluated / link).is_file() for link in links)
     shot = tmp_path / "report.png"
     cmd = [
         chromium(), "--headless", "--no-sandbox", "--disable-gpu",
         "--disable-background-networking", "--disable-component-update", "--disable-sync",
         "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}",
-        f"--screenshot={shot}", "--window-size=1280,900",
+        f"--screenshot={shot}", "--window-size=1280,2000",
         (evaluated / "report.html").resolve().as_uri(),
     ]  # fmt: skip
     subprocess.run(cmd, check=True, timeout=120, capture_output=True)
     image = np.asarray(Image.open(shot).convert("L"), dtype=float)
-    assert image.shape == (900, 1280)
-    assert image.std() > 10  # text and plots, not a blank or error page
-    assert (image < 128).mean() > 0.01
+    assert image.shape == (2000, 1280)
+    for part in (image[:1000], image[1000:]):  # text and plots, then the tables: not blank
+        assert part.std() > 10
+        assert (part < 128).mean() > 0.01
 
 
 def test_pores_with_pyzeo_in_a_worker():

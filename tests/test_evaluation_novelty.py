@@ -122,3 +122,23 @@ def test_reference_from_a_prepared_dataset(tmp_path, small):
     query = supercell_shuffled(small["qmof-7344c24"], 5)
     hits = [r.find_match(query, m)[0] for r in refs]
     assert [h for h in hits if h] == ["qmof-7344c24"]
+
+
+def test_uniqueness_records_a_failing_structure_and_goes_on(small, monkeypatch):
+    """A structure whose matcher step raises (as cKDTree's "data must be finite" did on a NaN
+    coordinate) is recorded and matches nothing; the others are still compared."""
+    a, b = small["qmof-a0e80c5"], small["qmof-7344c24"]
+    broken = a.copy(lattice=a.lattice * 1.3, id="broken")  # same formula: same bucket as a
+    m = Matcher()
+    real_reduce = m.reduce
+
+    def reduce(structure):
+        if abs(structure.volume - broken.volume) < 1e-6:
+            raise ValueError("data must be finite")
+        return real_reduce(structure)
+
+    monkeypatch.setattr(m, "reduce", reduce)
+    errors: dict[int, str] = {}
+    flags = uniqueness([a, broken, supercell_shuffled(a), b], m, errors=errors)
+    assert flags == [(True, None), (None, None), (False, 0), (True, None)]
+    assert errors == {1: "reduction failed: ValueError: data must be finite"}

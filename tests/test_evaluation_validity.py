@@ -176,3 +176,36 @@ def test_index_cache_keyed_by_species_returns_mofchecker_values(real_mof):
     for structure in (s, shuffled, s, IStructure.from_sites(s)):
         assert module.get_indices(structure) == compute(IStructure.from_sites(structure))
     assert module.get_c_indices(shuffled) != module.get_c_indices(s)
+
+
+def test_coincident_atoms_are_an_overlap_without_running_mofchecker(real_mof):
+    """Two atoms at 0 Å make mofchecker's EQeq charge check (C++) segfault, in both modes of
+    the full run. The verdict is known without it (has_atomic_overlaps by mofchecker's own
+    rule), so it is given without mofchecker. Run in the isolated pool: before the fix this
+    killed the process."""
+    from mofasa.evaluation import jobs
+    from mofasa.evaluation.pool import IsolatedPool
+
+    hydrogen = int(np.flatnonzero(real_mof.numbers == 1)[0])
+    bad = with_extra_atom(real_mof, 1, hydrogen, 0.0)
+    todo = [((mode, screen), jobs.validity_job, (bad, mode, screen))
+            for mode in ("default", "strict") for screen in (False, True)]  # fmt: skip
+    with IsolatedPool(workers=2, timeout=120) as pool:
+        results = {r.key: r for r in pool.imap(todo)}
+    for (mode, screen), res in results.items():
+        assert res.status == "ok", (mode, screen, res.error)  # not "crash" (SIGSEGV)
+        v = res.value
+        assert v["valid"] is False and v["flags"]["has_atomic_overlaps"] is True
+        assert all(v["flags"][f] is True for f in COMPOSITION_FLAGS)  # C, H, Cu: computed
+        assert "has_high_charges" in v["not_computed"]  # the check that crashes: not run
+        assert "coincident atoms 0.000 Å apart" in v["skipped"]
+        if screen:
+            assert v["stopped_at"] == "has_atomic_overlaps"
+
+
+def test_close_but_not_coincident_atoms_still_run_mofchecker(real_mof):
+    hydrogen = int(np.flatnonzero(real_mof.numbers == 1)[0])
+    result = check_validity(with_extra_atom(real_mof, 1, hydrogen, 0.2), "strict")
+    assert "skipped" not in result and not result["not_computed"]
+    assert result["flags"]["has_atomic_overlaps"] is True
+    assert result["flags"]["has_high_charges"] is not None  # the charge check ran

@@ -40,6 +40,11 @@ def _add_prepare(sub: argparse._SubParsersAction) -> None:
         "(train/val/test) and optionally cif_sha256; without it, splits follow the hash rule",
     )  # fmt: skip
     p.add_argument("--max-atoms", type=int, default=500, help="most atoms in the primitive cell")
+    p.add_argument("--max-input-atoms", type=int, default=4000,
+                   help="most atoms in a file as read, checked before any symmetry work "
+                   "(larger ones are rejected as too_many_atoms at once)")
+    p.add_argument("--file-timeout", type=float, default=120.0,
+                   help="seconds one file may take; a slower one is rejected as timeout")
     p.add_argument("--min-distance", type=float, default=0.5, help="Å; closer atoms overlap")
     p.add_argument("--workers", type=int, default=0, help="processes (0: all cores)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -50,7 +55,8 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
     from mofasa.data.prepare import PrepareConfig, prepare_dataset
 
     config = PrepareConfig(
-        max_atoms=args.max_atoms, min_distance=args.min_distance, workers=args.workers
+        max_atoms=args.max_atoms, min_distance=args.min_distance, workers=args.workers,
+        max_input_atoms=args.max_input_atoms, file_timeout=args.file_timeout,
     )
     manifest = prepare_dataset(
         args.input, args.out, index=args.index, config=config, progress=not args.no_progress

@@ -44,22 +44,93 @@ _IDENTITY_OPS = {"x,y,z", "+x,+y,+z"}
 _SYMOP_KEYS = ("_symmetry_equiv_pos_as_xyz", "_space_group_symop_operation_xyz")
 
 
-def _fast_p1(text: str) -> Crystal | None:
+_SITE_KEYS = ("_atom_site_fract_x", "_atom_site_Cartn_x")
+
+
+def _tokenise(text: str) -> list[dict] | None:
+    """The data blocks of a CIF (pymatgen's tokeniser), or None where it fails for a reason
+    that `CifParser` explains later.
+
+    Raises:
+        CrystalError: ``no_atoms`` / ``truncated`` for a loop with fewer values than columns,
+            where pymatgen's tokeniser divides by zero.
+    """
+    from pymatgen.io.cif import CifFile
+
+    try:
+        return [block.data for block in CifFile.from_str(text).data.values()]
+    except ZeroDivisionError:  # pymatgen: ``len(items) % (len(items) // len(columns))``
+        raise _short_loop(text) from None
+    except Exception:
+        return None
+
+
+def _short_loop(text: str) -> CrystalError:
+    """Name a loop with fewer values than columns: an empty atom-site loop holds no atoms."""
+    rows = _loop_value_lines(text)
+    if any(rows.get(k) == 0 for k in _SITE_KEYS):
+        return CrystalError("no_atoms", "the atom_site loop has columns but no rows")
+    return CrystalError("truncated", "a loop has fewer values than columns")
+
+
+def _loop_value_lines(text: str) -> dict[str, int]:
+    """Column name -> number of value lines of its loop (a line scan, for diagnosis only)."""
+    out: dict[str, int] = {}
+    columns: list[str] | None = None  # the loop being read; None outside loops
+    in_values = False
+    for raw in text.splitlines():
+        line = raw.strip()
+        low = line.lower()
+        if not line or line.startswith("#"):
+            continue
+        if low.startswith("loop_"):
+            columns, in_values = [], False
+        elif columns is None:
+            continue
+        elif low.startswith("data_") or (line.startswith("_") and in_values):
+            columns = None  # a new block or a plain data item ends the loop
+        elif line.startswith("_"):
+            columns.append(line.split()[0])
+            out[columns[-1]] = 0
+        else:
+            in_values = True
+            for column in columns:
+                out[column] += 1
+    return out
+
+
+def _site_count(blocks: list[dict]) -> int | None:
+    """Atom-site rows of the first block that has any (symmetry images not counted)."""
+    for data in blocks:
+        for key in _SITE_KEYS:
+            if key in data:
+                value = data[key]
+                return 1 if isinstance(value, str) else len(value)
+    return None
+
+
+def _check_site_count(blocks: list[dict], max_atoms: int | None) -> None:
+    """Refuse a file with more atom-site rows than ``max_atoms`` before building anything:
+    symmetry expansion only adds atoms, so the rows are a lower bound of the count."""
+    n = _site_count(blocks) if max_atoms is not None else None
+    if n is not None and n > max_atoms:
+        raise CrystalError(
+            "too_many_atoms", f"{n} atom sites > max_atoms={max_atoms}", num_atoms=n
+        )
+
+
+def _fast_p1(blocks: list[dict]) -> Crystal | None:
     """P1 CIFs with full occupancy, read straight from pymatgen's CIF tokeniser.
 
     pymatgen's `CifParser` spends most of its time de-duplicating symmetry images, which a
     P1 file does not have (QMOF: 60 ms of 70 ms per file). Anything unusual returns None, and the
     caller falls back to the full `CifParser` path, which then explains what is wrong.
     """
-    from pymatgen.io.cif import CifFile, str2float
+    from pymatgen.io.cif import str2float
 
-    try:
-        blocks = list(CifFile.from_str(text).data.values())
-    except Exception:
-        return None
     if len(blocks) != 1:
         return None
-    data = blocks[0].data
+    data = blocks[0]
     ops = next((data[k] for k in _SYMOP_KEYS if k in data), ["x, y, z"])
     if isinstance(ops, str):
         ops = [ops]
@@ -167,7 +238,11 @@ def _diagnose_content(text: str) -> CrystalError | None:
 
 
 def read_cif(
-    source: PathOrText, *, id: str | None = None, is_text: bool | None = None
+    source: PathOrText,
+    *,
+    id: str | None = None,
+    is_text: bool | None = None,
+    max_atoms: int | None = None,
 ) -> Crystal:
     """Read the first structure of a CIF into a `Crystal`.
 
@@ -179,16 +254,22 @@ def read_cif(
         id: identifier to store; defaults to the file's stem.
         is_text: True: ``source`` is CIF text; False: a path; None: guess (a short single-line
             string is a path). Batch readers pass True so file content is never opened.
+        max_atoms: refuse a file with more atom-site rows than this right after tokenising,
+            before any structure is built or expanded (None: no limit). The count after
+            symmetry expansion is `check_crystal`'s to test.
 
     Raises:
         CrystalError: with reason ``unreadable``, ``truncated``, ``disordered``,
-            ``unknown_element`` or ``no_atoms``, naming the file.
+            ``unknown_element``, ``no_atoms`` or ``too_many_atoms``, naming the file.
     """
     text, name = _load_text(source, is_text)
     if id is None and name is not None:
         id = Path(name).stem
     try:
-        fast = _fast_p1(text)
+        blocks = _tokenise(text)
+        if blocks is not None:
+            _check_site_count(blocks, max_atoms)
+        fast = _fast_p1(blocks) if blocks is not None else None
         if fast is not None:
             fast.id = id
             return fast

@@ -13,9 +13,10 @@ REASONS: dict[str, str] = {
     "non_finite": "NaN or infinite coordinates or cell",
     "degenerate_cell": "cell volume or a cell length is (near) zero",
     "huge_cell": "a cell length exceeds the allowed maximum",
+    "too_many_atoms": "more atoms than allowed (as read, and after primitive reduction)",
     "overlapping_atoms": "two atoms closer than the allowed minimum distance",
-    "too_many_atoms": "more atoms than allowed (after primitive reduction)",
     "canonicalization_failed": "primitive / Niggli reduction failed",
+    "timeout": "processing the file took longer than the per-file time limit",
 }
 
 
@@ -26,23 +27,29 @@ class CrystalError(ValueError):
         reason: one key of `REASONS`.
         source: the file, archive member or id the structure came from (may be None).
         detail: a human-readable explanation.
+        num_atoms: the atom count when it is known although the structure was refused (for
+            ``too_many_atoms``: at least this many), else None.
     """
 
-    def __init__(self, reason: str, detail: str = "", source: str | None = None) -> None:
+    def __init__(
+        self, reason: str, detail: str = "", source: str | None = None,
+        num_atoms: int | None = None,
+    ) -> None:  # fmt: skip
         if reason not in REASONS:
             raise KeyError(f"unknown rejection reason {reason!r}")
         self.reason = reason
         self.detail = detail or REASONS[reason]
         self.source = source
+        self.num_atoms = num_atoms
         super().__init__(str(self))
 
     def with_source(self, source: str | None) -> CrystalError:
         """The same error attributed to ``source``."""
-        return CrystalError(self.reason, self.detail, source)
+        return CrystalError(self.reason, self.detail, source, self.num_atoms)
 
     def __str__(self) -> str:
         where = f"{self.source}: " if self.source else ""
         return f"{where}{self.reason}: {self.detail}"
 
     def __reduce__(self) -> tuple:  # picklable across worker processes
-        return (CrystalError, (self.reason, self.detail, self.source))
+        return (CrystalError, (self.reason, self.detail, self.source, self.num_atoms))

@@ -15,11 +15,14 @@ so a killed run resumes where it stopped and nothing finished is lost.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import json
 import os
+import signal
 import tarfile
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -37,8 +40,8 @@ from mofasa.data.canonical import (
     PRIMITIVE_SYMPREC,
     canonicalize,
 )
-from mofasa.data.checks import CheckLimits, check_crystal
-from mofasa.data.cif import read_cif
+from mofasa.data.checks import CheckLimits, read_checked_cif
+from mofasa.data.crystal import Crystal
 from mofasa.data.dataset import FRAC_SCALE
 from mofasa.data.elements import SYMBOLS
 from mofasa.data.errors import CrystalError
@@ -55,14 +58,53 @@ class UsageError(RuntimeError):
     """A problem with the command's arguments (one line, no traceback)."""
 
 
+#: PrepareConfig fields that change how a run goes, never which structures it keeps (a file that
+#: hits ``file_timeout`` is the exception, and a rare one): left out of the resume comparisons
+_OPERATIONAL = ("workers", "file_timeout")
+
+
 @dataclass(frozen=True)
 class PrepareConfig:
+    """Settings of `prepare_dataset`.
+
+    Attributes:
+        max_atoms: most atoms in the primitive (canonical) cell.
+        min_distance: Å; closer atoms are overlapping.
+        max_length: Å; longest cell edge.
+        symprec: Å; spglib tolerance of the primitive reduction.
+        workers: processes (0: all cores).
+        verify_checksums: compare each file with the index's sha256.
+        max_input_atoms: most atoms in the cell as read, tested right after tokenising (atom-site
+            rows) and after symmetry expansion, before any symmetry work: 8 x max_atoms, so a
+            centred conventional cell (x2-x4) or a 2x2x2 supercell of an allowed structure still
+            reaches the primitive reduction, while a 12,000-atom file costs ~0.1 s, not minutes.
+        file_timeout: seconds one file may take (None: no limit); a slower file is rejected with
+            reason ``timeout`` and the run goes on. QMOF files take ~0.1 s, 800 atoms ~0.3 s.
+    """
+
     max_atoms: int = 500
     min_distance: float = 0.5
     max_length: float = 500.0
     symprec: float = PRIMITIVE_SYMPREC
     workers: int = 0  # 0: all cores
     verify_checksums: bool = True
+    max_input_atoms: int = 4000
+    file_timeout: float | None = 120.0
+
+    def __post_init__(self) -> None:
+        problems = [
+            (self.max_atoms < 1, f"max_atoms must be >= 1, not {self.max_atoms}"),
+            (self.max_input_atoms < self.max_atoms,
+             f"max_input_atoms ({self.max_input_atoms}) must be >= max_atoms ({self.max_atoms})"),
+            (not self.min_distance >= 0, f"min_distance must be >= 0, not {self.min_distance}"),
+            (not self.max_length > 0, f"max_length must be > 0, not {self.max_length}"),
+            (self.workers < 0, f"workers must be >= 0 (0: all cores), not {self.workers}"),
+            (self.file_timeout is not None and not self.file_timeout > 0,
+             f"file_timeout must be > 0 seconds (or None), not {self.file_timeout}"),
+        ]  # fmt: skip
+        for bad, message in problems:
+            if bad:
+                raise UsageError(message)
 
 
 # ---------------------------------------------------------------------------- input sources
@@ -142,27 +184,77 @@ def _stem(name: str) -> str:
 
 
 # ---------------------------------------------------------------------------- one structure
+class _FileTimeout(BaseException):
+    """Raised by SIGALRM inside a slow file's processing; a BaseException so that the libraries'
+    own ``except Exception`` fallbacks cannot swallow it."""
+
+
+_ARMED: list[bool] = [False]
+
+
+def _on_alarm(signum: int, frame: object) -> None:
+    if _ARMED[0]:  # a signal that arrives after the file finished is ignored
+        raise _FileTimeout
+
+
+@contextlib.contextmanager
+def _time_limit(seconds: float | None) -> Iterator[None]:
+    """Raise `_FileTimeout` in this thread after ``seconds`` (no limit off the main thread or
+    without setitimer). Python code is interrupted at once; a long C call at its return."""
+    usable = (
+        seconds is not None and hasattr(signal, "setitimer")
+        and threading.current_thread() is threading.main_thread()
+    )  # fmt: skip
+    if not usable:
+        yield
+        return
+    previous = signal.signal(signal.SIGALRM, _on_alarm)
+    _ARMED[0] = True
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        _ARMED[0] = False
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
 def process_one(
     name: str, data: bytes, expected_sha: str | None, config: PrepareConfig
 ) -> tuple[str, object]:
-    """Parse, check and canonicalise one CIF: ('ok', Crystal) or ('rejected', (reason, detail))."""
+    """Parse, check and canonicalise one CIF: ('ok', Crystal) or ('rejected', (reason, detail)).
+
+    A file that takes longer than ``config.file_timeout`` is rejected with reason ``timeout``.
+    """
     try:
-        if expected_sha and hashlib.sha256(data).hexdigest() != expected_sha:
-            raise CrystalError("checksum_mismatch", "sha256 differs from the index")
-        text = data.decode("utf-8", errors="replace")
-        crystal = read_cif(text, id=_stem(name), is_text=True)
-        limits = CheckLimits(None, config.min_distance, config.max_length)
-        check_crystal(crystal, limits)
-        crystal = canonicalize(crystal, symprec=config.symprec)
-        if crystal.num_atoms > config.max_atoms:
-            raise CrystalError(
-                "too_many_atoms", f"{crystal.num_atoms} atoms > max_atoms={config.max_atoms}"
-            )
-        return "ok", crystal
+        with _time_limit(config.file_timeout):
+            return "ok", _process(name, data, expected_sha, config)
+    except _FileTimeout:
+        return "rejected", ("timeout", f"took longer than file_timeout={config.file_timeout:g} s")
     except CrystalError as err:
         return "rejected", (err.reason, err.detail)
     except Exception as exc:  # a bug or a library crash must cost this structure only
         return "rejected", ("unreadable", f"{type(exc).__name__}: {exc}"[:300])
+
+
+def _process(name: str, data: bytes, expected_sha: str | None, config: PrepareConfig) -> Crystal:
+    if expected_sha and hashlib.sha256(data).hexdigest() != expected_sha:
+        raise CrystalError("checksum_mismatch", "sha256 differs from the index")
+    text = data.decode("utf-8", errors="replace")
+    # the input-size limit comes first: the overlap test and the reduction grow with N^2
+    limits = CheckLimits(config.max_input_atoms, config.min_distance, config.max_length)
+    try:
+        crystal = read_checked_cif(text, _stem(name), limits)
+    except CrystalError as err:
+        if err.reason != "too_many_atoms":
+            raise
+        detail = f"{err.num_atoms} atoms as read > max_input_atoms={config.max_input_atoms}"
+        raise CrystalError("too_many_atoms", detail, num_atoms=err.num_atoms) from None
+    crystal = canonicalize(crystal, symprec=config.symprec)
+    if crystal.num_atoms > config.max_atoms:
+        detail = f"{crystal.num_atoms} atoms > max_atoms={config.max_atoms}"
+        raise CrystalError("too_many_atoms", detail, num_atoms=crystal.num_atoms)
+    return crystal
 
 
 def _worker(job: tuple[str, bytes, str | None, PrepareConfig]) -> tuple[str, str, object]:
@@ -299,10 +391,7 @@ def _finished_manifest(out: Path, config: PrepareConfig, input: object, index: o
     if not path.exists() or (out / "parts").exists():
         return None
     manifest = json.loads(path.read_text())
-    have = {k: v for k, v in manifest.get("config", {}).items() if k in asdict(config)}
-    want = asdict(config)
-    have.pop("workers", None)
-    want.pop("workers")
+    have, want = _comparable(manifest.get("config", {}), config), _comparable({}, config)
     sources = _source_checksums(input, index)
     same_sources = all(manifest.get("sources", {}).get(k) == v
                        for k, v in sources.items() if k.endswith("sha256"))
@@ -313,13 +402,24 @@ def _finished_manifest(out: Path, config: PrepareConfig, input: object, index: o
     return manifest
 
 
+def _comparable(stored: dict, config: PrepareConfig) -> dict:
+    """The settings of ``stored`` (a manifest's or stamp's config) that decide which structures
+    a run keeps, with ``config``'s value for fields it predates (written by an older version)."""
+    current = asdict(config)
+    out = {k: stored.get(k, v) for k, v in current.items()}
+    for key in _OPERATIONAL:
+        out.pop(key)
+    return out
+
+
 def _check_resume_config(out: Path, config: PrepareConfig, input: object, index: object) -> None:
     """Refuse to resume a run with different settings (its chunks would mix)."""
-    stamp = {"config": asdict(config), "input": str(input), "index": str(index)}
-    stamp["config"].pop("workers")
+    stamp = {"config": _comparable({}, config), "input": str(input), "index": str(index)}
     path = out / "parts" / "config.json"
     if path.exists():
-        if json.loads(path.read_text()) != stamp:
+        old = json.loads(path.read_text())
+        old["config"] = _comparable(old.get("config", {}), config)
+        if old != stamp:
             raise UsageError(
                 f"--out {out}: holds an unfinished run with other settings; remove {out / 'parts'}"
             )

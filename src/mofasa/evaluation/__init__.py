@@ -18,7 +18,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover
-    from mofasa.evaluation.compat import EvaluationSetupError, require_checkers
+    from mofasa.evaluation.compat import (
+        EvaluationSetupError,
+        EvaluationUsageError,
+        require_checkers,
+    )
     from mofasa.evaluation.novelty import Matcher, ReferenceIndex, uniqueness
     from mofasa.evaluation.relax import RelaxSettings, relax_crystal
     from mofasa.evaluation.runner import (
@@ -35,6 +39,7 @@ __all__ = [
     "EvaluationConfig",
     "EvaluationResult",
     "EvaluationSetupError",
+    "EvaluationUsageError",
     "Matcher",
     "ReferenceIndex",
     "RelaxSettings",
@@ -49,7 +54,8 @@ __all__ = [
 ]
 
 _WHERE = {
-    "EvaluationSetupError": "compat", "require_checkers": "compat",
+    "EvaluationSetupError": "compat", "EvaluationUsageError": "compat",
+    "require_checkers": "compat",
     "Matcher": "novelty", "ReferenceIndex": "novelty", "uniqueness": "novelty",
     "RelaxSettings": "relax", "relax_crystal": "relax",
     "EvaluationConfig": "runner", "EvaluationResult": "runner", "evaluate": "runner",

@@ -47,8 +47,11 @@ import warnings
 from types import ModuleType
 from typing import Any
 
+from mofasa.data.prepare import UsageError
+
 __all__ = [
     "EvaluationSetupError",
+    "EvaluationUsageError",
     "apply",
     "checker_versions",
     "import_mofchecker",
@@ -67,6 +70,15 @@ _INSTALL_HINT = "run `bash scripts/install_eval.sh` (see docs/EVALUATION.md)"
 
 class EvaluationSetupError(RuntimeError):
     """The evaluation tools are missing or broken; results would be silently wrong."""
+
+
+class EvaluationUsageError(UsageError, ValueError):
+    """An impossible setting or input of `evaluate` (one line, raised before any work).
+
+    A `mofasa.data.prepare.UsageError` (what `mofasa`'s command line reports as a usage error,
+    exit 2) and a ValueError (what the Python API raised for bad settings before). Any other
+    exception out of `evaluate` is an internal error, never reported as a usage error.
+    """
 
 
 def _alias_classmethods(cls: type, renames: dict[str, str]) -> None:

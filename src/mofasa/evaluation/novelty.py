@@ -184,13 +184,19 @@ class ReferenceIndex:
 
 
 def uniqueness(
-    crystals: Iterable[Crystal | None], matcher: Matcher | None = None
+    crystals: Iterable[Crystal | None],
+    matcher: Matcher | None = None,
+    errors: dict[int, str] | None = None,
 ) -> list[tuple[bool | None, int | None]]:
     """For each structure in order: (not matched by any earlier one, index of the first match).
 
     ``None`` entries (structures that could not be read) give ``(None, None)`` and match nothing.
+    A structure whose reduction fails gives ``(None, None)`` and matches nothing; a comparison
+    that fails counts as no match. Either way the structure's message goes into ``errors``
+    (index -> message) and the others go on: one bad structure never stops the run.
     """
     matcher = matcher or Matcher()
+    errors = {} if errors is None else errors
     crystals = list(crystals)
     buckets: dict[FormulaKey, list[int]] = defaultdict(list)
     for i, c in enumerate(crystals):
@@ -201,10 +207,39 @@ def uniqueness(
         if len(members) == 1:
             out[members[0]] = (True, None)
             continue
-        reduced = {i: matcher.reduce(crystals[i].to_pymatgen()) for i in members}
-        for pos, i in enumerate(members):
-            match = next(
-                (j for j in members[:pos] if matcher.fit_reduced(reduced[i], reduced[j])), None
-            )
+        reduced = _reduce_each(crystals, members, matcher, errors)
+        usable = [i for i in members if i in reduced]
+        for pos, i in enumerate(usable):
+            match = _first_match(i, usable[:pos], reduced, matcher, errors)
             out[i] = (match is None, match)
     return out
+
+
+def _short(exc: Exception) -> str:
+    return f"{type(exc).__name__}: {exc}"[:200]
+
+
+def _reduce_each(
+    crystals: list, members: list[int], matcher: Matcher, errors: dict[int, str]
+) -> dict[int, Structure]:
+    """The matcher-reduced structure of each member whose reduction succeeds."""
+    reduced = {}
+    for i in members:
+        try:
+            reduced[i] = matcher.reduce(crystals[i].to_pymatgen())
+        except Exception as exc:  # this structure's failure only
+            errors[i] = f"reduction failed: {_short(exc)}"
+    return reduced
+
+
+def _first_match(
+    i: int, earlier: list[int], reduced: dict, matcher: Matcher, errors: dict[int, str]
+) -> int | None:
+    """The first of ``earlier`` that matches ``i``; a failing comparison is no match."""
+    for j in earlier:
+        try:
+            if matcher.fit_reduced(reduced[i], reduced[j]):
+                return j
+        except Exception as exc:
+            errors.setdefault(i, f"comparison with input {j} failed: {_short(exc)}")
+    return None

@@ -12,6 +12,7 @@ own transaction, so none is lost or written twice.
 from __future__ import annotations
 
 import json
+import sys
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -21,8 +22,8 @@ from typing import Any
 
 from mofasa.data.crystal import Crystal
 from mofasa.evaluation import jobs
-from mofasa.evaluation.compat import checker_versions, require_checkers
-from mofasa.evaluation.inputs import InputItem, is_ase_db, iter_inputs
+from mofasa.evaluation.compat import EvaluationUsageError, checker_versions, require_checkers
+from mofasa.evaluation.inputs import InputItem, is_ase_db, iter_inputs, reader_limits
 from mofasa.evaluation.novelty import MATCHER_SETTINGS, Matcher, uniqueness
 from mofasa.evaluation.pool import IsolatedPool, JobResult
 from mofasa.evaluation.relax import RelaxSettings, calculator_name
@@ -31,6 +32,11 @@ from mofasa.evaluation.summary import PREFIXES, VALID_KEY, size_bin, summarize
 from mofasa.evaluation.validity import MODES, SCREEN_ORDER
 
 __all__ = ["EvaluationConfig", "EvaluationResult", "evaluate", "relax_structures"]
+
+#: most atoms of an evaluated input (`EvaluationConfig.max_atoms`): keeps the protocol's ">500"
+#: size bin while a 12,000-atom file (5 min per check) becomes a row at once
+DEFAULT_MAX_ATOMS = 1000
+_CALCULATORS = ("chgnet", "emt")
 
 
 @dataclass
@@ -53,6 +59,8 @@ class EvaluationConfig:
         timeout: seconds per check job (validity, symmetry/novelty, pores).
         relax_timeout: seconds per relaxation job.
         threads: torch / OpenMP threads per worker.
+        max_atoms: larger inputs are not checked: a row with reason ``too_many_atoms`` (None:
+            no limit).
         n_requested: denominator of every rate (default: number of inputs).
         thumbnails: structures drawn in report.html (first N).
         report: write plots and report.html.
@@ -76,11 +84,23 @@ class EvaluationConfig:
     timeout: float = 300.0
     relax_timeout: float = 1800.0
     threads: int = 1
+    max_atoms: int | None = DEFAULT_MAX_ATOMS
     n_requested: int | None = None
     thumbnails: int = 100
     report: bool = True
     progress: bool = True
     chunk: int = 0  # 0: 4 x workers
+
+    def validate(self) -> None:
+        """Refuse impossible settings before any work (`evaluate` calls it first), so that none
+        runs to a meaningless result (every check "timed out", novelty against nothing).
+
+        Raises:
+            EvaluationUsageError: naming the first impossible setting, in one line.
+        """
+        for problem in (_value_problem(self), _reference_problem(self), _device_problem(self)):
+            if problem:
+                raise EvaluationUsageError(problem)
 
     def fingerprint(self) -> dict[str, Any]:
         """Settings that must match for a run to resume in the same folder."""
@@ -99,7 +119,100 @@ class EvaluationConfig:
             out["topology"] = True
         if self.screen:
             out["screen"] = True
+        if self.max_atoms != DEFAULT_MAX_ATOMS:
+            out["max_atoms"] = self.max_atoms
         return out
+
+
+# ---------------------------------------------------------------------------- settings
+def _positive(value: float | None) -> bool:
+    """A finite number > 0 (NaN and inf are not)."""
+    return value is not None and 0 < value < float("inf")
+
+
+def _value_problem(c: EvaluationConfig) -> str | None:
+    """The first setting with an impossible value, in words, or None."""
+    unknown = sorted(set(c.modes) - set(MODES))
+    checks = [
+        (not c.modes or bool(unknown),
+         f"--modes: unknown {unknown or 'empty'}; choose from {', '.join(MODES)}"),
+        (c.workers < 1, f"--workers must be >= 1, not {c.workers}"),
+        (c.threads < 1, f"--threads must be >= 1, not {c.threads}"),
+        (not _positive(c.timeout), f"--timeout must be > 0 seconds, not {c.timeout}"),
+        (not _positive(c.relax_timeout),
+         f"--relax-timeout must be > 0 seconds, not {c.relax_timeout}"),
+        (not _positive(c.topology_timeout),
+         f"--topology-timeout must be > 0 seconds, not {c.topology_timeout}"),
+        (c.max_atoms is not None and c.max_atoms < 1,
+         f"--max-atoms must be >= 1, not {c.max_atoms}"),
+        (c.n_requested is not None and c.n_requested < 1,
+         f"--n-requested must be >= 1, not {c.n_requested}"),
+        (c.thumbnails < 0, f"--thumbnails must be >= 0, not {c.thumbnails}"),
+        (c.chunk < 0, f"chunk must be >= 0 (0: 4 x workers), not {c.chunk}"),
+        (not _positive(c.fmax), f"--fmax must be > 0 eV/Å, not {c.fmax}"),
+        (c.steps < 1, f"--steps must be >= 1, not {c.steps}"),
+        (isinstance(c.calculator, str) and c.calculator.lower() not in _CALCULATORS,
+         f"--calculator {c.calculator!r}: unknown; use {' or '.join(_CALCULATORS)}"),
+    ]  # fmt: skip
+    return next((message for bad, message in checks if bad), None)
+
+
+def _reference_problem(c: EvaluationConfig) -> str | None:
+    """Why ``c.reference`` cannot serve for novelty (missing, empty, no such split), or None."""
+    if c.reference is None:
+        return None
+    path = Path(str(c.reference))
+    where = f"--reference {path}"
+    if not path.exists() and not str(c.reference).startswith("core-mof"):
+        return f"{where}: no such file or folder"
+    if (path / "manifest.json").is_file():
+        splits = json.loads((path / "manifest.json").read_text()).get("splits", {})
+        if c.reference_split not in splits:
+            return f"{where}: no split {c.reference_split!r} (has {', '.join(splits)})"
+        if not splits[c.reference_split]:
+            return f"{where}: split {c.reference_split!r} holds no structures"
+        return None
+    return _source_problem(c.reference, where)
+
+
+def _source_problem(source: str | Path, where: str) -> str | None:
+    """Why a folder / archive / CIF / ASE db cannot be read at all, or None."""
+    from mofasa.data.prepare import UsageError, iter_sources
+
+    if is_ase_db(source):
+        return None
+    files = iter_sources(source)
+    try:
+        if next(files, None) is None:
+            return f"{where}: holds no .cif files"
+    except UsageError as exc:  # its messages name "--input PATH"
+        return f"{where}:{str(exc).split(':', 1)[-1]}"
+    finally:
+        files.close()
+    return None
+
+
+def _device_problem(c: EvaluationConfig) -> str | None:
+    """Why ``c.device`` cannot run the relaxation here (unknown, or no such device), or None."""
+    if c.device is None:
+        return None
+    import torch
+
+    try:
+        device = torch.device(c.device)
+    except (RuntimeError, ValueError):
+        return f"--device {c.device!r}: unknown device (use cpu, cuda, cuda:N or mps)"
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            return f"--device {c.device}: CUDA is not available on this machine (use cpu)"
+        if device.index is not None and device.index >= count:
+            return f"--device {c.device}: this machine has {count} CUDA device(s)"
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        return f"--device {c.device}: MPS is not available on this machine (use cpu)"
+    elif device.type not in ("cpu", "cuda", "mps"):
+        return f"--device {c.device!r}: unknown device (use cpu, cuda, cuda:N or mps)"
+    return None
 
 
 @dataclass
@@ -114,9 +227,12 @@ class EvaluationResult:
 # ---------------------------------------------------------------------------- records
 def _base_record(item: InputItem) -> dict[str, Any]:
     rec: dict[str, Any] = {"input_index": item.index, "name": item.name}
-    if item.crystal is None:
+    if item.crystal is None:  # refused by the reader: no check runs on it
         rec["read_error"] = item.error or "unreadable"
+        rec["read_reason"] = item.reason or "unreadable"
         rec["valid"] = False
+        if item.num_atoms is not None:  # too many atoms: still counted in its size bin
+            rec.update(num_atoms=item.num_atoms, size_bin=size_bin(item.num_atoms))
         return rec
     c = item.crystal
     rec.update(num_atoms=c.num_atoms, composition=c.formula, size_bin=size_bin(c.num_atoms))
@@ -141,6 +257,8 @@ def _put_validity(rec: dict, prefix: str, res: JobResult) -> None:
         rec[prefix + "flags_not_computed"] = json.dumps(v["not_computed"])
     if v.get("stopped_at"):
         rec[prefix + "screen_stopped_at"] = v["stopped_at"]
+    if v.get("skipped"):  # mofchecker not run (coincident atoms): why
+        rec[prefix + "check_skipped"] = v["skipped"]
     if v.get("checked_atoms") is not None:
         rec[prefix + "checked_atoms"] = v["checked_atoms"]
 
@@ -204,6 +322,8 @@ class _Run:
             _put_topology(rec, res)
         elif kind == "relax":
             _put_job(rec, "relax", res, keep=())
+            if res.status == "ok" and _refuse_relaxed(rec, res.value["crystal"]):
+                res = replace(res, status="error")
             if res.status == "ok":
                 relaxed[i] = res.value["crystal"]
                 rec.update(_relax_fields(res.value))
@@ -229,12 +349,29 @@ class _Run:
             queue.extend(first)
             pending[item.index] = len(first)
         relaxed: dict[int, Crystal] = {}
+        if not queue:  # every input refused by the reader: no worker needs to start
+            return [records[item.index] for item in items]
         for res in self.pool.imap(queue):
             i = res.key[0]
             pending[i] += self._take(records[i], res, queue, relaxed) - 1
             if pending[i] == 0:
                 self.store.add(records[i], crystals[i], relaxed.pop(i, None))
         return [records[item.index] for item in items]
+
+
+def _refuse_relaxed(rec: dict, crystal: Crystal) -> bool:
+    """True (and the reason in ``rec``) when a relaxed structure fails the input checks (a
+    relaxation that blew up: NaN positions, a collapsed cell); it is then not checked again."""
+    from mofasa.data.checks import check_crystal
+    from mofasa.data.errors import CrystalError
+
+    try:
+        check_crystal(crystal, reader_limits())
+    except CrystalError as err:
+        rec.update(relax_status="error", relax_error=f"relaxed structure: {err.reason}: "
+                   f"{err.detail}"[:300])  # fmt: skip
+        return True
+    return False
 
 
 def _relax_fields(v: dict[str, Any]) -> dict[str, Any]:
@@ -278,14 +415,19 @@ def _count_inputs(source: Any) -> int | None:
 
 
 def _apply_uniqueness(store: ResultStore, records: list[dict]) -> None:
+    """Uniqueness over all rows, in the parent. Refused inputs (``read_error``) take no part;
+    a structure whose matcher step fails gets ``unique_error`` and counts as not unique."""
     crystals = [store.crystal(r) for r in records]
-    flags = uniqueness(crystals, Matcher())
-    for rec, (unique, match) in zip(records, flags, strict=True):
-        rec["unique"] = bool(unique) if unique is not None else False
+    errors: dict[int, str] = {}
+    flags = uniqueness(crystals, Matcher(), errors=errors)
+    for k, (rec, (unique, match)) in enumerate(zip(records, flags, strict=True)):
+        rec["unique"] = bool(unique) if unique is not None and k not in errors else False
         if match is not None:
             rec["unique_match"] = records[match]["name"]
+        if k in errors:
+            rec["unique_error"] = errors[k]
         rec["vnu"] = bool(rec.get("valid") and rec.get("novel") and rec["unique"])
-    store.update_many(records, ("unique", "unique_match", "vnu"))
+    store.update_many(records, ("unique", "unique_match", "unique_error", "vnu"))
 
 
 def evaluate(
@@ -306,13 +448,21 @@ def evaluate(
     Returns:
         `EvaluationResult` with one record per input, in input order, and the summary.
 
+    Every input gets a row: one that cannot be read or fails the input checks (reason in
+    ``read_reason``) counts as invalid, and a failure in one structure's step is recorded in its
+    row; the run goes on and writes the summary and the report.
+
     Raises:
+        EvaluationUsageError: an impossible setting or an unusable ``source`` / reference
+            (before any work).
         EvaluationSetupError: the checkers are missing or broken (never a silent 0%).
     """
     config = replace(config or EvaluationConfig(), **overrides)
-    unknown = set(config.modes) - set(MODES)
-    if unknown or not config.modes:
-        raise ValueError(f"modes must be a non-empty subset of {sorted(MODES)}")
+    config.validate()
+    if isinstance(source, (str, Path)):
+        problem = _source_problem(source, f"input {source}")
+        if problem:
+            raise EvaluationUsageError(problem)
     versions = require_checkers()
     if config.topology:  # before any structure: a missing java must not read as "no net"
         from mofasa.evaluation.topology import require_topology
@@ -320,7 +470,7 @@ def evaluate(
         versions.update(require_topology())
     start = time.perf_counter()
     source_spec = str(source) if isinstance(source, (str, Path)) else "<objects>"
-    store = open_store(out, source_spec, config.fingerprint()) if out else MemoryStore()
+    store = _open_store(out, source_spec, config) if out else MemoryStore()
     done = store.done()
     total = _count_inputs(source)
     chunk = config.chunk or max(4, 4 * config.workers)
@@ -328,7 +478,8 @@ def evaluate(
     try:
         with IsolatedPool(config.workers, config.timeout, config.threads) as pool:
             run = _Run(config, store, pool)
-            todo = (item for item in iter_inputs(source) if item.index not in done)
+            items = iter_inputs(source, max_atoms=config.max_atoms)
+            todo = (item for item in items if item.index not in done)
             for items in _chunks(todo, chunk):
                 run.process(items)
                 if bar is not None:
@@ -345,6 +496,7 @@ def evaluate(
         **config.fingerprint(),
         "workers": config.workers,
         "timeout_s": config.timeout,
+        "max_atoms": config.max_atoms,
         "topology_timeout_s": config.topology_timeout if config.topology else None,
         "screen_order": ["composition", *SCREEN_ORDER] if config.screen else None,
         "validity_modes": {m: MODES[m] or "mofchecker constructor defaults" for m in config.modes},
@@ -360,13 +512,35 @@ def evaluate(
     }
     result = EvaluationResult(records, summary, Path(out) if out else None)
     if out:
-        out = Path(out)
-        (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str) + "\n")
-        if config.report:
-            from mofasa.evaluation.report import write_report
-
-            write_report(out, records, summary, store, thumbnails=config.thumbnails)
+        _write_outputs(Path(out), records, summary, store, config)
     return result
+
+
+def _open_store(out: str | Path, source: str, config: EvaluationConfig) -> ResultStore:
+    try:
+        return open_store(out, source, config.fingerprint())
+    except ValueError as exc:  # a folder holding another run: the user's to resolve
+        raise EvaluationUsageError(str(exc)) from None
+
+
+def _write_outputs(
+    out: Path, records: list[dict], summary: dict, store: ResultStore, config: EvaluationConfig
+) -> None:
+    """summary.json, then the report; a failing report is noted in the summary, not fatal
+    (every figure is in summary.json and results.db already)."""
+    path = out / "summary.json"
+    path.write_text(json.dumps(summary, indent=1, default=str) + "\n")
+    if not config.report:
+        return
+    from mofasa.evaluation.report import write_report
+
+    try:
+        write_report(out, records, summary, store, thumbnails=config.thumbnails)
+    except Exception as exc:
+        summary["report_error"] = f"{type(exc).__name__}: {exc}"[:300]
+        path.write_text(json.dumps(summary, indent=1, default=str) + "\n")
+        print(f"mofasa evaluate: warning: report.html not written ({summary['report_error']})",
+              file=sys.stderr)  # fmt: skip
 
 
 def _progress(total: int | None, initial: int, enabled: bool) -> Any:

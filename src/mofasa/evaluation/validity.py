@@ -22,6 +22,13 @@ elements, so the answer is the same), then the 12 flags cheapest first (`SCREEN_
 measured). Flags that were not run are left out of ``flags`` and listed in ``not_computed``;
 they are never read as passed. ``has_3d_connected_graph`` (reported, not in the rule) runs only
 for structures that passed.
+
+Coincident atoms (two atoms, or an atom and its periodic image, closer than
+`COINCIDENT_DISTANCE`), in every mode: mofchecker is not run. Its EQeq charge check (pyeqeq, C++)
+segfaults on atoms at 0 Å, and such a pair is an overlap by mofchecker's own rule (a distance
+below the smaller covalent radius; the smallest, H's, is 0.31 Å), so the verdict is known:
+``has_atomic_overlaps`` is True, the composition flags (read from the element list, safe) are
+computed, the other flags are listed in ``not_computed`` and ``skipped`` says why.
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from mofasa.data.crystal import Crystal
 
 __all__ = [
+    "COINCIDENT_DISTANCE",
     "COMPOSITION_FLAGS",
     "MODES",
     "REPORTED_FLAGS",
@@ -104,6 +112,9 @@ SCREEN_ORDER: tuple[str, ...] = (
     "has_lone_molecule",
 )
 
+#: Å: closer atoms are coincident (see the module docstring); mofchecker is not run on them
+COINCIDENT_DISTANCE = 0.1
+
 MODES: dict[str, dict[str, Any]] = {
     "default": {},  # mofchecker's constructor defaults: symprec=0.5, angle_tolerance=5, primitive
     "strict": {"symprec": None, "angle_tolerance": None, "primitive": False},
@@ -141,8 +152,11 @@ def _fails(flag: str, value: bool | None) -> bool:
     return flag in RULE_FLAGS and value is not False
 
 
-def _composition_first(structure: Any) -> tuple[dict[str, bool | None], dict[str, str]]:
-    """Composition flags on the input structure (screening: before the bond graph is built)."""
+def _composition_first(
+    structure: Any, stop: bool = True
+) -> tuple[dict[str, bool | None], dict[str, str]]:
+    """Composition flags on the input structure (screening: before the bond graph is built);
+    ``stop``: at the first failing one."""
     from mofchecker.checks.global_structure import HasCarbon, HasHydrogen, HasMetal
 
     checks = {"has_c": HasCarbon(structure), "has_h": HasHydrogen(structure),
@@ -153,9 +167,30 @@ def _composition_first(structure: Any) -> tuple[dict[str, bool | None], dict[str
         flags[flag], error = _read_flag(checks, flag)
         if error:
             errors[flag] = error
-        if _fails(flag, flags[flag]):
+        if stop and _fails(flag, flags[flag]):
             break
     return flags, errors
+
+
+def _coincident_distance(crystal: Crystal) -> float | None:
+    """The shortest periodic distance when below `COINCIDENT_DISTANCE`, else None."""
+    from mofasa.data.checks import min_interatomic_distance
+
+    distance = min_interatomic_distance(crystal, COINCIDENT_DISTANCE)
+    return distance if distance < COINCIDENT_DISTANCE else None
+
+
+def _coincident_result(structure: Any, distance: float, screen: bool) -> dict[str, Any]:
+    """The verdict on coincident atoms without running mofchecker (module docstring)."""
+    flags, errors = _composition_first(structure, stop=screen)
+    if not (screen and any(_fails(f, v) for f, v in flags.items())):
+        flags["has_atomic_overlaps"] = True
+    out = _result(flags, errors, None, screen, partial=True)
+    out["skipped"] = (
+        f"coincident atoms {distance:.3f} Å apart (< {COINCIDENT_DISTANCE} Å): mofchecker not "
+        "run (its EQeq charge check segfaults on them); has_atomic_overlaps by its own rule"
+    )
+    return out
 
 
 def check_validity(crystal: Crystal, mode: str = "default", screen: bool = False) -> dict[str, Any]:
@@ -172,7 +207,8 @@ def check_validity(crystal: Crystal, mode: str = "default", screen: bool = False
         invalid structure ``"stopped_at"``: the failing flag (or ``"constructor"``).
         ``checked_atoms`` is the atom count mofchecker worked on (the primitive cell in the
         default mode). Any error or None makes ``valid`` False. ``not_computed`` is empty
-        unless ``screen``; those flags are absent from ``flags``.
+        unless ``screen`` or coincident atoms (then ``"skipped"`` says why); those flags are
+        absent from ``flags``.
 
     Raises:
         EvaluationSetupError: the tools are broken (for example pyeqeq cannot import), which
@@ -189,6 +225,9 @@ def check_validity(crystal: Crystal, mode: str = "default", screen: bool = False
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         structure = crystal.to_pymatgen()
+        distance = _coincident_distance(crystal)
+        if distance is not None:  # before mofchecker: its charge check would segfault
+            return _coincident_result(structure, distance, screen)
         if screen:
             flags, errors = _composition_first(structure)
             if any(_fails(f, v) for f, v in flags.items()):
@@ -214,8 +253,10 @@ def check_validity(crystal: Crystal, mode: str = "default", screen: bool = False
 
 
 def _result(
-    flags: dict[str, bool | None], errors: dict[str, str], checked_atoms: int | None, screen: bool
-) -> dict[str, Any]:
+    flags: dict[str, bool | None], errors: dict[str, str], checked_atoms: int | None,
+    screen: bool, partial: bool = False,
+) -> dict[str, Any]:  # fmt: skip
+    """The verdict; ``partial``: some flags were not run although not screening."""
     valid = (
         not errors.keys() - set(REPORTED_FLAGS)
         and all(flags.get(f) is True for f in COMPOSITION_FLAGS)
@@ -226,7 +267,8 @@ def _result(
         "flags": flags,
         "errors": errors,
         "checked_atoms": checked_atoms,
-        "not_computed": [f for f in _CHECK_OF_FLAG if f not in flags] if screen else [],
+        "not_computed": [f for f in _CHECK_OF_FLAG if f not in flags] if screen or partial
+        else [],
     }
     if screen and not valid:  # the test that ended the screening
         stops = [f for f, v in flags.items() if _fails(f, v)]
