@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 from mofasa import __version__
 from mofasa.cli.data import add_data_parser
+from mofasa.cli.db import add_db_parser
 from mofasa.cli.evaluate import RECONSTRUCTION, add_evaluate_parsers
 from mofasa.cli.sample import add_sample_parser
 from mofasa.cli.train import add_train_parser
@@ -32,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_parser(commands)
     add_sample_parser(commands)
     add_evaluate_parsers(commands)
+    add_db_parser(commands)
     # argparse lists every subparser; the reconstruction route is shown under `evaluate`
     commands._choices_actions = [a for a in commands._choices_actions
                                  if a.dest != RECONSTRUCTION]

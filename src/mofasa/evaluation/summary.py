@@ -15,7 +15,7 @@ from mofasa.evaluation.validity import COMPOSITION_FLAGS, REPORTED_FLAGS, RULE_F
 #: summary never imports moffragmentor's side)
 TOPOLOGY_STATUSES = ("ok", "unnamed", "error", "timeout", "crash")
 
-__all__ = ["PREFIXES", "SIZE_BINS", "VALID_KEY", "size_bin", "summarize"]
+__all__ = ["PREFIXES", "SIZE_BINS", "VALID_KEY", "rate_key", "size_bin", "summarize"]
 
 #: key prefix of each (structure, validity mode) pair in the records
 PREFIXES = {
@@ -33,21 +33,29 @@ def _rate(count: int, n: int) -> float | None:
     return round(count / n, 6) if n else None
 
 
-def _flag_rates(records: Sequence[dict], prefix: str, n: int) -> dict[str, float | None]:
-    """Share of requested structures with each flag set (composition flags: missing)."""
+def rate_key(count_key: str) -> str:
+    """Summary key of a count's rate: valid_strict -> valid_rate_strict, novel -> novel_rate."""
+    head, _, tail = count_key.partition("_")
+    return f"{head}_rate" + (f"_{tail}" if tail else "")
+
+
+def _flag_counts(records: Sequence[dict], prefix: str) -> dict[str, int]:
+    """Number of structures with each flag set (composition flags: missing)."""
     out = {}
     for flag in RULE_FLAGS + REPORTED_FLAGS:
-        out[flag] = _rate(sum(r.get(prefix + flag) is True for r in records), n)
+        out[flag] = sum(r.get(prefix + flag) is True for r in records)
     for flag in COMPOSITION_FLAGS:  # "has_metal": False is the failure
-        out["no_" + flag.removeprefix("has_")] = _rate(
-            sum(r.get(prefix + flag) is False for r in records), n
-        )
-    failed = sum(
+        out["no_" + flag.removeprefix("has_")] = sum(r.get(prefix + flag) is False for r in records)
+    out["check_failed"] = sum(
         r.get(prefix + "check_status") not in (None, "ok") or bool(r.get(prefix + "check_errors"))
         for r in records
     )
-    out["check_failed"] = _rate(failed, n)
     return out
+
+
+def _flag_rates(records: Sequence[dict], prefix: str, n: int) -> dict[str, float | None]:
+    """Share of requested structures with each flag set (composition flags: missing)."""
+    return {flag: _rate(count, n) for flag, count in _flag_counts(records, prefix).items()}
 
 
 def _flag_rates_screened(records: Sequence[dict], prefix: str) -> dict[str, dict[str, Any]]:
@@ -105,24 +113,26 @@ def summarize(
         "n_unreadable": len(records) - len(read),
         "screen": bool(screen),
     }
-    # a mode that was not run gives None, not 0
+    # a mode that was not run gives None, not 0; counts: the numerator of each rate
+    counts: dict[str, int | None] = {}
     for prefix, key in VALID_KEY.items():
         if prefix.startswith("relaxed") and not relaxed:
             continue
-        valid = sum(r.get(key) is True for r in records)
-        out[key.replace("valid", "valid_rate", 1)] = _rate(valid, n) if prefix in ran else None
+        counts[key] = sum(r.get(key) is True for r in records) if prefix in ran else None
     has_novelty = any("novel" in r for r in records)
-    out["novel_rate"] = (
-        _rate(sum(r.get("novel") is True for r in records), n) if has_novelty else None
-    )
-    out["unique_rate"] = _rate(sum(r.get("unique") is True for r in records), n)
-    out["vnu_rate"] = _rate(sum(r.get("vnu") is True for r in records), n) if has_novelty else None
+    for key in ("novel", "unique", "vnu"):
+        known = has_novelty or key == "unique"
+        counts[key] = sum(r.get(key) is True for r in records) if known else None
+    for key, count in counts.items():
+        out[rate_key(key)] = None if count is None else _rate(count, n)
+    out["counts"] = counts
     for prefix, suffix in (("", ""), ("strict_", "_strict"), ("relaxed_", "_relaxed"),
                            ("relaxed_strict_", "_relaxed_strict")):  # fmt: skip
         if not relaxed and prefix.startswith("relaxed"):
             continue
         if screen:
             out["flag_rates" + suffix] = None
+            out["flag_counts" + suffix] = None
             out["flag_rates_screened" + suffix] = (
                 _flag_rates_screened(records, prefix) if prefix in ran else None
             )
@@ -131,6 +141,7 @@ def summarize(
             )
         else:  # None: mode not run
             out["flag_rates" + suffix] = _flag_rates(records, prefix, n) if prefix in ran else None
+            out["flag_counts" + suffix] = _flag_counts(records, prefix) if prefix in ran else None
     if screen:
         out["flag_rates_note"] = (
             "screen mode: checks stop at the first failure (order: settings.screen_order), so "
@@ -150,15 +161,17 @@ def summarize(
 
 
 def _by_size(records: Sequence[dict], ran: set[str]) -> dict[str, dict[str, Any]]:
+    """Per protocol bin, every bin even when empty (n 0, rates None): structures, valid share
+    and count (``n_valid``, ``n_valid_strict``, ...) of each mode that ran."""
     out = {}
     for label, _, _ in SIZE_BINS:
         members = [r for r in records if r.get("size_bin") == label]
-        if members:
-            out[label] = {"n": len(members)}
-            for prefix in sorted(ran):
-                key = VALID_KEY[prefix]
-                valid = sum(r.get(key) is True for r in members)
-                out[label][key.replace("valid", "valid_rate", 1)] = _rate(valid, len(members))
+        out[label] = {"n": len(members)}
+        for prefix in sorted(ran):
+            key = VALID_KEY[prefix]
+            valid = sum(r.get(key) is True for r in members)
+            out[label][key.replace("valid", "valid_rate", 1)] = _rate(valid, len(members))
+            out[label]["n_" + key] = valid
     return out
 
 
@@ -177,8 +190,8 @@ def _crystal_systems(records: Sequence[dict]) -> dict[str, dict[str, float]]:
 def _failures(records: Sequence[dict]) -> dict[str, int]:
     counts: Counter = Counter()
     for r in records:
-        if r.get("read_error"):
-            counts["unreadable"] += 1
+        if r.get("read_error"):  # refused at reading: counted by its reason code
+            counts[f"refused_{r.get('read_reason') or 'unreadable'}"] += 1
         for key, value in r.items():
             # "unnamed" is an answer (a net not in the RCSR archive), not a failure
             if key.endswith("status") and value not in (None, "ok", "unnamed"):
