@@ -14,12 +14,9 @@ Subcommands (each writes JSON to ``--out`` and stdout; torch is imported lazily 
     summary     what a training run's metrics.csv says (steps, structures/s, last losses)
     collect     merge the window's stage results into one results.json
 
-Slim files (`export_slim`) are mofasa checkpoints that ``run.init_from`` accepts: ``model``
-and / or ``ema`` state dicts with parameters in fp32 or bf16 (buffers such as latent
-statistics and RVQ codebooks always stay fp32), plus config, vocab, data / latent statistics
-and the autoencoder record, and ``slim`` describing the layout. A diffusion model's frozen
-autoencoder (``autoencoder.*``) is stored in ``frozen`` precision (bf16 by default: exact when
-that autoencoder came from a bf16 EMA, as the autoencoder slim files hold).
+The slim writer and the dataset subsetting are product code: `export` and `subset` call
+:func:`mofasa.checkpoint.slim.export_slim` and :func:`mofasa.data.subset.subset_dataset`
+(imported when the subcommand runs, like torch).
 """
 
 from __future__ import annotations
@@ -40,21 +37,6 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 CARRY_LIMIT_BYTES = 64 * 2**20  # the device tool's cap on the working tree + carried paths
 BLOCKED = ("pymatgen", "ase", "spglib")
-# Default layouts: the autoencoder keeps live fp32 weights (best for continuing training) and
-# a bf16 EMA (what diffusion and evaluation use); a diffusion model keeps its EMA in fp32 only
-# because its frozen autoencoder makes model + EMA too large to carry back.
-DEFAULT_LAYOUT = {"autoencoder": "model32+ema16", "diffusion": "ema32"}
-LAYOUTS = {  # name -> (model dtype, ema dtype); None: left out
-    "model32+ema16": ("fp32", "bf16"),
-    "model32+ema32": ("fp32", "fp32"),
-    "ema32": (None, "fp32"),
-    "model32": ("fp32", None),
-    "ema16": (None, "bf16"),
-}
-FALLBACK = ("ema32", "ema16")  # tried in order when a layout exceeds the byte budget
-FROZEN_PREFIXES = {"diffusion": ("autoencoder.",)}  # parameters trained with requires_grad off
-KEEP_KEYS = ("kind", "mofasa_version", "config", "step", "cumulative_step", "init_from",
-             "epoch", "vocab", "data_stats", "autoencoder", "latent_stats")
 
 
 def _dump(data: Any, out: str | None) -> None:
@@ -259,174 +241,20 @@ def summarize_metrics(path: str | Path) -> dict:
             "last_train": last["train"], "last_val": last["val"]}
 
 
-# ------------------------------------------------------------------------------- export
-def _parameter_names(ckpt: dict) -> set[str]:
-    """State-dict names of the checkpoint model's parameters (the rest are buffers)."""
-    import torch
-
-    from mofasa.checkpoint import build_diffusion
-    from mofasa.config import from_dict
-    from mofasa.diffusion.schedule import DiffusionConfig
-    from mofasa.models.autoencoder import CrystalAutoencoder
-    from mofasa.models.config import AutoencoderConfig
-    from mofasa.models.denoiser import DenoiserConfig
-
-    if ckpt["kind"] == "autoencoder":
-        model = CrystalAutoencoder(from_dict(AutoencoderConfig, ckpt["config"]["model"]))
-    elif ckpt["kind"] == "diffusion":
-        ae = CrystalAutoencoder(from_dict(AutoencoderConfig,
-                                          ckpt["autoencoder"]["config"]["model"]))
-        model = build_diffusion(from_dict(DenoiserConfig, ckpt["config"]["model"]),
-                                from_dict(DiffusionConfig, ckpt["config"]["diffusion"]), ae,
-                                torch.zeros(2, dtype=torch.long))
-    else:
-        raise ValueError(f"cannot slim a checkpoint of kind {ckpt.get('kind')!r}")
-    return {name for name, _ in model.named_parameters()}
-
-
-def _cast(state: dict, params: set[str], dtype: str, frozen: tuple[str, ...],
-          frozen_dtype: str) -> dict:
-    import torch
-
-    kinds = {"fp32": torch.float32, "bf16": torch.bfloat16}
-    out = {}
-    for key, value in state.items():
-        if key in params and value.is_floating_point():
-            value = value.to(kinds[frozen_dtype if key.startswith(frozen) else dtype])
-        out[key] = value
-    return out
-
-
-def export_slim(src: str | Path, out: str | Path, *, layout: str | None = None,
-                frozen: str = "bf16", max_bytes: int | None = None,
-                max_part_bytes: int | None = None) -> dict:
-    """Write a weights-only carry file of checkpoint ``src`` that ``run.init_from`` accepts.
-
-    Args:
-        src: a training checkpoint (or another slim file).
-        out: output path; files over ``max_part_bytes`` become ``out.part000``, ...
-        layout: one of `LAYOUTS` (default: `DEFAULT_LAYOUT` of the checkpoint's kind).
-        frozen: precision of frozen parameters (a diffusion model's autoencoder).
-        max_bytes: total size allowed; larger layouts fall back along `FALLBACK`.
-        max_part_bytes: part size (default: the checkpoint module's 16 MB).
-
-    Returns:
-        ``{"path", "layout", "bytes", "files": [[name, bytes], ...], ...}``.
-
-    Raises:
-        ValueError: unknown layout, no weights for it, or nothing fits ``max_bytes``.
-    """
-    import torch
-
-    from mofasa.checkpoint import MAX_PART_BYTES, load_checkpoint, save_checkpoint
-
-    ckpt = load_checkpoint(src)
-    kind = ckpt.get("kind")
-    layout = layout or DEFAULT_LAYOUT.get(kind, "model32+ema16")
-    if layout not in LAYOUTS:
-        raise ValueError(f"unknown layout {layout!r}; choose {sorted(LAYOUTS)}")
-    params = _parameter_names(ckpt)
-    prefixes = FROZEN_PREFIXES.get(kind, ())
-    base = {k: ckpt[k] for k in KEEP_KEYS if k in ckpt}
-    source = ckpt.get("ema") or ckpt.get("model") or {}
-    frozen_exact = None
-    if prefixes:  # does the frozen part survive bf16 unchanged (it came from a bf16 EMA)?
-        frozen_exact = all(torch.equal(v, v.to(torch.bfloat16).to(v.dtype))
-                           for k, v in source.items()
-                           if k.startswith(prefixes) and k in params and v.is_floating_point())
-    tried = []
-    for name in dict.fromkeys((layout, *FALLBACK)):
-        model_dt, ema_dt = LAYOUTS[name]
-        payload = dict(base)
-        states = {}
-        for key, dt in (("model", model_dt), ("ema", ema_dt)):
-            if dt is None:
-                continue
-            state = ckpt.get(key) or ckpt.get("ema" if key == "model" else "model")
-            if not state:
-                raise ValueError(f"{src}: no weights for layout {name}")
-            states[key] = _cast(state, params, dt, prefixes, frozen)
-        if "model" in states and "ema" in states:
-            # Frozen weights are equal in both: one shared tensor is saved once.
-            m, e = states["model"], states["ema"]
-            for key in list(e):
-                if key.startswith(prefixes) and prefixes and key in m and m[key].dtype == \
-                        e[key].dtype and torch.equal(m[key], e[key]):
-                    e[key] = m[key]
-        payload.update(states)
-        payload["slim"] = {"layout": name, "model": model_dt, "ema": ema_dt,
-                           "frozen": frozen if prefixes else None,
-                           "frozen_bf16_exact": frozen_exact, "source": str(src)}
-        kwargs = {"max_part_bytes": max_part_bytes or MAX_PART_BYTES}
-        files = save_checkpoint(payload, out, **kwargs)
-        size = sum(f.stat().st_size for f in files)
-        tried.append([name, size])
-        if max_bytes is None or size <= max_bytes:
-            return {"path": str(out), "kind": kind, "layout": name, "bytes": size,
-                    "mb": round(size / 1e6, 2), "files": [[f.name, f.stat().st_size]
-                                                          for f in files],
-                    "step": ckpt.get("step"), "cumulative_step": ckpt.get("cumulative_step"),
-                    "frozen_bf16_exact": frozen_exact, "tried": tried, "max_bytes": max_bytes}
-        for f in files:
-            f.unlink()
-    raise ValueError(f"no slim layout fits {max_bytes} bytes (tried {tried})")
-
-
+# --------------------------------------------------------------------------- extract-ae
 def extract_autoencoder(src: str | Path, out: str | Path) -> dict:
     """The frozen autoencoder inside a diffusion checkpoint as an autoencoder checkpoint
-    (EMA weights, fp32), so that a diffusion run can warm-start from a diffusion slim file
-    (``train diffusion --autoencoder OUT run.init_from=SRC``)."""
-    from mofasa.checkpoint import load_checkpoint, save_checkpoint
+    (`mofasa.checkpoint.extract_autoencoder`), so that a diffusion run can warm-start from a
+    diffusion slim file (``train diffusion --autoencoder OUT run.init_from=SRC``)."""
+    from mofasa.checkpoint import checkpoint_exists, load_checkpoint
+    from mofasa.checkpoint import extract_autoencoder as extract
 
-    ckpt = load_checkpoint(src)
-    if ckpt.get("kind") != "diffusion":
-        raise ValueError(f"{src}: kind {ckpt.get('kind')!r}, expected 'diffusion'")
-    record = ckpt["autoencoder"]
-    state = ckpt.get("ema") or ckpt["model"]
-    prefix = "autoencoder."
-    ae = {k[len(prefix):]: v.float() if v.is_floating_point() else v
-          for k, v in state.items() if k.startswith(prefix)}
-    files = save_checkpoint({"kind": "autoencoder", "config": record["config"], "ema": ae,
-                             "step": int(record.get("step", 0)), "vocab": ckpt.get("vocab"),
-                             "extracted_from": str(src)}, out)
+    extract(src, out)
+    files = [Path(out)] if Path(out).is_file() else sorted(Path(out).parent.glob(
+        Path(out).name + ".part*"))
+    assert checkpoint_exists(out)
     return {"path": str(out), "bytes": sum(f.stat().st_size for f in files),
-            "autoencoder_source": record.get("source")}
-
-
-# ------------------------------------------------------------------------------- subset
-def subset_dataset(src: str | Path, dst: str | Path, max_atoms: int,
-                   splits: tuple[str, ...] = ("train", "val")) -> dict:
-    """Copy the structures of ``splits`` with at most ``max_atoms`` atoms to a new prepared
-    folder (same format), e.g. QMOF150 train + val for a smaller GPU carry."""
-    import numpy as np
-
-    src, dst = Path(src), Path(dst)
-    dst.mkdir(parents=True, exist_ok=True)
-    manifest = json.loads((src / "manifest.json").read_text())
-    counts_out = {}
-    for split in splits:
-        load = lambda key, s=split: np.load(src / f"{s}_{key}.npy", mmap_mode="r")  # noqa: E731
-        offsets = np.asarray(load("offsets"))
-        counts = np.diff(offsets)
-        keep = np.flatnonzero(counts <= max_atoms)
-        atoms = np.concatenate([np.arange(offsets[i], offsets[i + 1]) for i in keep]) \
-            if len(keep) else np.zeros(0, dtype=np.int64)
-        new_offsets = np.concatenate([[0], np.cumsum(counts[keep])]).astype(offsets.dtype)
-        np.save(dst / f"{split}_numbers.npy", np.asarray(load("numbers"))[atoms])
-        np.save(dst / f"{split}_frac.npy", np.asarray(load("frac"))[atoms])
-        np.save(dst / f"{split}_lattice.npy", np.asarray(load("lattice"))[keep])
-        np.save(dst / f"{split}_offsets.npy", new_offsets)
-        ids = (src / f"{split}_ids.txt").read_text().split()
-        (dst / f"{split}_ids.txt").write_text("".join(ids[i] + "\n" for i in keep))
-        counts_out[split] = len(keep)
-    # Whole-dataset tables of the source no longer describe the subset: dropped, not faked.
-    for key in ("atom_count_histogram", "elements", "rejected"):
-        manifest.pop(key, None)
-    manifest["splits"] = counts_out
-    manifest["subset"] = {"source": str(src), "max_atoms": max_atoms, "splits": list(splits)}
-    (dst / "manifest.json").write_text(json.dumps(manifest, indent=1))
-    size = sum(f.stat().st_size for f in dst.iterdir())
-    return {"path": str(dst), "splits": counts_out, "bytes": size}
+            "autoencoder_source": load_checkpoint(src)["autoencoder"].get("source")}
 
 
 # ------------------------------------------------------------------------------- budget
@@ -484,6 +312,16 @@ def collect(work: str | Path, out: str | Path, extra: dict | None = None) -> dic
 
 
 # --------------------------------------------------------------------------------- main
+def _layout(name: str) -> str:
+    """argparse type of ``export --layout``: checked against the package's layouts, imported
+    only when the option is given (so that the other subcommands start without torch)."""
+    from mofasa.checkpoint.slim import LAYOUTS
+
+    if name not in LAYOUTS:
+        raise argparse.ArgumentTypeError(f"unknown layout {name!r}; choose {sorted(LAYOUTS)}")
+    return name
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -509,7 +347,8 @@ def main(argv: list[str] | None = None) -> int:
     c = sub.add_parser("export")
     c.add_argument("src")
     c.add_argument("dst")
-    c.add_argument("--layout", default=None, choices=sorted(LAYOUTS))
+    c.add_argument("--layout", default=None, type=_layout,
+                   help="slim layout (mofasa.checkpoint.slim.LAYOUTS; default: by kind)")
     c.add_argument("--frozen", default="bf16", choices=("fp32", "bf16"))
     c.add_argument("--max-bytes", type=int, default=None)
     c.add_argument("--budget-data", nargs="*", default=None,
@@ -561,12 +400,16 @@ def main(argv: list[str] | None = None) -> int:
             budget = carry_budget(ROOT, args.budget_data)
             max_bytes = min(max_bytes or budget["checkpoint_budget_bytes"],
                             budget["checkpoint_budget_bytes"])
+        from mofasa.checkpoint.slim import export_slim
+
         info = export_slim(args.src, args.dst, layout=args.layout, frozen=args.frozen,
                            max_bytes=max_bytes)
         _dump({**info, "carry_budget": budget}, args.out)
     elif args.cmd == "extract-ae":
         _dump(extract_autoencoder(args.src, args.dst), args.out)
     elif args.cmd == "subset":
+        from mofasa.data.subset import subset_dataset
+
         _dump(subset_dataset(args.src, args.dst, args.max_atoms, tuple(args.splits)), args.out)
     elif args.cmd == "budget":
         _dump(carry_budget(args.root, args.data), args.out)

@@ -1,10 +1,11 @@
-"""The GPU-window tooling on CPU: `run.init_from` warm starts, slim carry files (benchmarks/
-gpu_bench.py) and a dry run of benchmarks/gpu_window.sh (slow)."""
+"""The GPU-window tooling on CPU: `run.init_from` warm starts (also from slim carry files),
+benchmarks/gpu_bench.py's subcommands and a dry run of benchmarks/gpu_window.sh (slow).
+
+The slim writer and the dataset subsetting themselves are tested in test_slim_subset.py."""
 
 from __future__ import annotations
 
 import importlib.util
-import io
 import json
 import os
 import subprocess
@@ -13,10 +14,12 @@ import sys
 import pytest
 import torch
 
-from mofasa.checkpoint import MAX_PART_BYTES, load_autoencoder, load_checkpoint, save_checkpoint
-from mofasa.config import from_dict, to_dict
+from mofasa.checkpoint import load_autoencoder, load_checkpoint, save_checkpoint
+from mofasa.checkpoint.slim import export_slim
+from mofasa.config import to_dict
 from mofasa.data import collate
 from mofasa.data.dataset import CrystalDataset
+from mofasa.data.subset import subset_dataset
 from mofasa.training.autoencoder import (
     AETrainConfig,
     build_autoencoder,
@@ -113,71 +116,29 @@ def test_warm_start_keep_step_and_wrong_kind(data, source_run, tmp_path):
         trainer.warm_start(other)
 
 
-def test_slim_export_loads_weights_only_and_warm_starts(data, source_run, tmp_path):
-    info = gpu_bench.export_slim(source_run, tmp_path / "slim.pt", max_part_bytes=40_000)
-    assert info["layout"] == "model32+ema16" and len(info["files"]) > 1
-    assert all(size <= 40_000 for _, size in info["files"])
-    parts = sorted(tmp_path.glob("slim.pt.part*"))
-    blob = io.BytesIO(b"".join(p.read_bytes() for p in parts))
-    slim = torch.load(blob, map_location="cpu", weights_only=True)
-    src = load_checkpoint(source_run)
-    assert "optimizer" not in slim and "rng" not in slim
-    assert slim["config"] == src["config"] and slim["vocab"] == src["vocab"]
-    assert torch.equal(slim["data_stats"]["num_atoms_hist"], src["data_stats"]["num_atoms_hist"])
-    params = {n for n, _ in build_autoencoder(
-        from_dict(AETrainConfig, src["config"]).model).named_parameters()}
-    for key, value in src["model"].items():
-        assert torch.equal(slim["model"][key], value)  # live weights: fp32, exact
-        ema = slim["ema"][key]
-        if key in params and value.is_floating_point():
-            assert ema.dtype == torch.bfloat16
-            assert torch.equal(ema, src["ema"][key].to(torch.bfloat16))
-        else:
-            assert torch.equal(ema, src["ema"][key])  # buffers keep their precision
-
+def test_warm_start_from_a_slim_file(data, source_run, tmp_path):
+    export_slim(source_run, tmp_path / "slim.pt", max_part_bytes=40_000)  # in parts
     trainer = make_trainer(cfg(data, tmp_path / "from_slim"))
     trainer.warm_start(tmp_path / "slim.pt")
     live, _ = load_autoencoder(source_run, ema=False)
     assert same_outputs(reconstruct(trainer.model, data), reconstruct(live, data))
-    # The slim autoencoder also serves as an autoencoder file (bf16 EMA weights).
-    model, _ = load_autoencoder(tmp_path / "slim.pt")
-    assert next(model.parameters()).dtype == torch.float32
 
 
-def test_slim_export_ema_only_and_byte_budget(source_run, tmp_path):
-    full = gpu_bench.export_slim(source_run, tmp_path / "a.pt")
-    small = gpu_bench.export_slim(source_run, tmp_path / "b.pt", max_bytes=full["bytes"] - 1)
-    assert small["layout"] != full["layout"] and small["bytes"] < full["bytes"]
-    slim = load_checkpoint(tmp_path / "b.pt")
-    assert "model" not in slim and "ema" in slim
-    with pytest.raises(ValueError, match="fits"):
-        gpu_bench.export_slim(source_run, tmp_path / "c.pt", max_bytes=1000)
-
-
-def test_base_autoencoder_slim_parts_fit_the_16mb_limit(tmp_path):
-    """Untrained base-size autoencoder (6.4 M parameters): the carry file's parts."""
-    c = load_ae_config("base")
-    torch.manual_seed(0)
-    model = build_autoencoder(c.model)
-    state = model.state_dict()
-    save_checkpoint({"kind": "autoencoder", "config": to_dict(c), "model": state,
-                     "ema": {k: v.clone() for k, v in state.items()}, "step": 0},
-                    tmp_path / "full.pt")
-    info = gpu_bench.export_slim(tmp_path / "full.pt", tmp_path / "slim.pt")
-    n = sum(p.numel() for p in model.parameters())
-    assert len(info["files"]) >= 2 and all(s <= MAX_PART_BYTES for _, s in info["files"])
-    assert 6 * n <= info["bytes"] <= 6 * n + 2_000_000  # fp32 model + bf16 EMA + metadata
-    assert load_checkpoint(tmp_path / "slim.pt")["slim"]["layout"] == "model32+ema16"
-
-
-def test_subset_and_budget(data, tmp_path):
+def test_bench_subcommands_call_the_package(data, source_run, tmp_path):
+    """gpu_bench's export / subset subcommands (what gpu_window.sh runs) and the budget."""
+    assert gpu_bench.main(["export", str(source_run), str(tmp_path / "slim.pt"),
+                           "--layout", "ema16", "--out", str(tmp_path / "export.json")]) == 0
+    info = json.loads((tmp_path / "export.json").read_text())
+    assert info["layout"] == "ema16" and info["carry_budget"] is None
+    assert load_checkpoint(tmp_path / "slim.pt")["slim"]["layout"] == "ema16"
+    with pytest.raises(SystemExit) as exc:  # argparse rejects an unknown layout up front
+        gpu_bench.main(["export", str(source_run), str(tmp_path / "x.pt"), "--layout", "fp8"])
+    assert exc.value.code == 2 and not list(tmp_path.glob("x.pt*"))
     cut = int(sorted(CrystalDataset(data, "train").num_atoms)[3])  # keeps about half
-    info = gpu_bench.subset_dataset(data, tmp_path / "sub", max_atoms=cut)
-    full = CrystalDataset(data, "train", max_atoms=cut)
-    sub = CrystalDataset(tmp_path / "sub", "train")
-    assert len(sub) == len(full) == info["splits"]["train"] > 0
-    a, b = full[len(full) - 1], sub[len(sub) - 1]
-    assert a.id == b.id and (a.numbers == b.numbers).all() and (a.frac == b.frac).all()
+    assert gpu_bench.main(["subset", str(data), str(tmp_path / "sub"), "--max-atoms", str(cut),
+                           "--out", str(tmp_path / "subset.json")]) == 0
+    expected = subset_dataset(data, tmp_path / "sub2", max_atoms=cut)["splits"]
+    assert json.loads((tmp_path / "subset.json").read_text())["splits"] == expected
     budget = gpu_bench.carry_budget(ROOT, [str(tmp_path / "sub")])
     assert 0 < budget["checkpoint_budget_bytes"] < 64 * 2**20
 

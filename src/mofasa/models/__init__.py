@@ -12,7 +12,6 @@ from mofasa.models.autoencoder import (
     CrystalAutoencoder,
     DecoderOutput,
     EncoderOutput,
-    lattice_matrix_from_parameters,
     translate_batch,
 )
 from mofasa.models.bottleneck import (
@@ -50,7 +49,6 @@ __all__ = [
     "autoencoder_presets",
     "get_preset",
     "kl_divergence",
-    "lattice_matrix_from_parameters",
     "make_bottleneck",
     "periodic_displacement",
     "translate_batch",

@@ -30,10 +30,15 @@ from torch import nn
 from mofasa.data.batch import CrystalBatch
 from mofasa.data.elements import NUM_TOKENS, PAD_TOKEN
 from mofasa.geometry.graphs import PeriodicGraph, knn_graph_pbc_batch
+from mofasa.geometry.lattice_torch import (
+    lattice_from_parameters_torch,
+    scaled_lattice_parameters_torch,
+    wrap_frac_torch,
+)
 from mofasa.models.bottleneck import make_bottleneck
 from mofasa.models.config import AutoencoderConfig
 from mofasa.models.gns import GNS
-from mofasa.models.losses import autoencoder_loss, lattice_targets
+from mofasa.models.losses import autoencoder_loss
 
 __all__ = [
     "CrystalAutoencoder",
@@ -41,10 +46,8 @@ __all__ = [
     "EncoderOutput",
     "GaussianRBF",
     "lattice_features",
-    "lattice_matrix_from_parameters",
     "periodic_fourier_features",
     "translate_batch",
-    "wrap_unit",
 ]
 
 _PAD_LOGIT = -1e4  # finite (bf16 / fp16 safe) logit of the padding class for real atoms
@@ -55,13 +58,9 @@ def _full_precision(like: torch.Tensor) -> torch.autocast:
     return torch.autocast(device_type=like.device.type, enabled=False)
 
 
+
+
 # ---------------------------------------------------------------------------------- features
-def wrap_unit(x: torch.Tensor) -> torch.Tensor:
-    """Wrap into [0, 1) (values that round up to 1.0 become 0.0; gradient: identity)."""
-    y = torch.remainder(x, 1.0)  # like x
-    return torch.where(y >= 1.0, y - 1.0, y)  # like x
-
-
 def periodic_fourier_features(frac: torch.Tensor, frequencies: torch.Tensor) -> torch.Tensor:
     """sin / cos(2 pi k x) of every fractional coordinate for each integer frequency k.
 
@@ -91,34 +90,10 @@ def lattice_features(
         (B, 7): ``log(length / N^(1/3)) - offset`` (3), ``cos(alpha, beta, gamma)`` (3),
         ``log(N) / 5`` (1).
     """
-    log_len, _, angles = lattice_targets(lattice, num_atoms)  # (B, 3) x 2
+    log_len, _, angles = scaled_lattice_parameters_torch(lattice, num_atoms)  # (B, 3) x 2
     n = num_atoms.to(lattice.dtype).clamp(min=1.0).unsqueeze(-1)  # (B, 1)
     cos = torch.cos(torch.deg2rad(angles))  # (B, 3)
     return torch.cat([log_len - log_length_offset, cos, n.log() / 5.0], dim=-1)  # (B, 7)
-
-
-def lattice_matrix_from_parameters(lengths: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
-    """Batched lattice in the standard orientation (a along x, b in the xy plane).
-
-    Torch twin of :func:`mofasa.geometry.lattice.lattice_from_parameters`; a degenerate angle
-    triple is clamped to a flat but finite cell instead of raising.
-
-    Args:
-        lengths: (B, 3) a, b, c in Å.
-        angles: (B, 3) alpha, beta, gamma in degrees.
-
-    Returns:
-        (B, 3, 3) row-vector lattices (right-handed).
-    """
-    ca, cb, cg = torch.cos(torch.deg2rad(angles)).unbind(-1)  # (B,) x 3
-    sg = torch.sin(torch.deg2rad(angles[:, 2]))  # (B,)
-    cy = (ca - cb * cg) / sg  # (B,)
-    cz = (1.0 - cb.square() - cy.square()).clamp(min=1e-12).sqrt()  # (B,)
-    zero = torch.zeros_like(ca)  # (B,)
-    a_row = torch.stack([torch.ones_like(ca), zero, zero], dim=-1)  # (B, 3)
-    b_row = torch.stack([cg, sg, zero], dim=-1)  # (B, 3)
-    c_row = torch.stack([cb, cy, cz], dim=-1)  # (B, 3)
-    return torch.stack([a_row, b_row, c_row], dim=1) * lengths.unsqueeze(-1)  # (B, 3, 3)
 
 
 def translate_batch(batch: CrystalBatch, shift: torch.Tensor) -> CrystalBatch:
@@ -132,7 +107,7 @@ def translate_batch(batch: CrystalBatch, shift: torch.Tensor) -> CrystalBatch:
         A new :class:`CrystalBatch` (same types, lattice and mask).
     """
     m = batch.mask.unsqueeze(-1).to(batch.frac.dtype)  # (B, N, 1)
-    frac = wrap_unit(batch.frac + shift.to(batch.frac.dtype).unsqueeze(1)) * m  # (B, N, 3)
+    frac = wrap_frac_torch(batch.frac + shift.to(batch.frac.dtype).unsqueeze(1)) * m  # (B, N, 3)
     return CrystalBatch(
         batch.atom_types, frac, batch.lattice, batch.mask, batch.num_atoms, list(batch.ids)
     )
@@ -374,7 +349,7 @@ class CrystalAutoencoder(nn.Module):
         logits = torch.cat([pad, logits], dim=-1)  # (B, N, T)
         vec = self.coord_head(h).view(B, N, 3, 2)  # (B, N, 3, 2) (cos, sin)
         theta = torch.atan2(vec[..., 1], vec[..., 0])  # (B, N, 3) in [-pi, pi]
-        frac = wrap_unit(theta / (2.0 * math.pi)) * m  # (B, N, 3) in [0, 1)
+        frac = wrap_frac_torch(theta / (2.0 * math.pi)) * m  # (B, N, 3) in [0, 1)
         raw = self.lattice_head(g)  # (B, 6)
         log_len = raw[:, :3] + self.config.log_length_offset  # (B, 3)
         n = mask.sum(1).to(dt).clamp(min=1.0).unsqueeze(-1)  # (B, 1)
@@ -416,7 +391,7 @@ class CrystalAutoencoder(nn.Module):
         """
         types = out.type_logits.argmax(-1) * mask  # (B, N)
         frac = out.frac * mask.unsqueeze(-1).to(out.frac.dtype)  # (B, N, 3)
-        lattice = lattice_matrix_from_parameters(out.lengths, out.angles)  # (B, 3, 3)
+        lattice = lattice_from_parameters_torch(out.lengths, out.angles)  # (B, 3, 3)
         num = mask.sum(1)  # (B,)
         return CrystalBatch(types, frac, lattice, mask, num, list(ids) if ids else [])
 

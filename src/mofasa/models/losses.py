@@ -12,6 +12,11 @@ import torch
 import torch.nn.functional as F
 
 from mofasa.data.batch import CrystalBatch
+from mofasa.geometry.lattice_torch import (
+    frac_to_cart_torch,
+    min_image_frac_torch,
+    scaled_lattice_parameters_torch,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     from mofasa.models.autoencoder import DecoderOutput
@@ -19,22 +24,17 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = [
     "autoencoder_loss",
-    "lattice_targets",
     "masked_mean",
-    "min_image",
     "periodic_displacement",
 ]
+
+
 
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean of ``x`` (B, N) over the True entries of ``mask`` (B, N) (0 if none)."""
     m = mask.to(x.dtype)  # (B, N)
     return (x * m).sum() / m.sum().clamp(min=1.0)  # ()
-
-
-def min_image(dfrac: torch.Tensor) -> torch.Tensor:
-    """Fractional displacements folded into [-1/2, 1/2] (gradient: identity)."""
-    return dfrac - torch.round(dfrac.detach())  # like dfrac
 
 
 def periodic_displacement(
@@ -52,33 +52,8 @@ def periodic_displacement(
     Returns:
         (B, N, 3) displacement, fractional or in Å.
     """
-    d = min_image(pred - target)  # (B, N, 3)
-    return d if lattice is None else d @ lattice.to(d.dtype)  # (B, N, 3)
-
-
-def lattice_targets(
-    lattice: torch.Tensor, num_atoms: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Lattice parameters in the model's parameterisation.
-
-    Args:
-        lattice: (B, 3, 3) row-vector lattice in Å.
-        num_atoms: (B,) atom counts.
-
-    Returns:
-        ``(log_scaled_lengths, lengths, angles)``: (B, 3) ``log(length / N^(1/3))``, (B, 3)
-        lengths in Å and (B, 3) angles (alpha, beta, gamma) in degrees.
-    """
-    lengths = lattice.norm(dim=-1)  # (B, 3)
-    unit = lattice / lengths.unsqueeze(-1)  # (B, 3, 3)
-    cos = torch.stack(
-        [(unit[:, 1] * unit[:, 2]).sum(-1), (unit[:, 0] * unit[:, 2]).sum(-1),
-         (unit[:, 0] * unit[:, 1]).sum(-1)],
-        dim=-1,
-    )  # (B, 3)
-    angles = torch.rad2deg(torch.arccos(cos.clamp(-1.0, 1.0)))  # (B, 3)
-    n = num_atoms.to(lattice.dtype).clamp(min=1.0).unsqueeze(-1)  # (B, 1)
-    return (lengths / n.pow(1.0 / 3.0)).log(), lengths, angles  # (B, 3) x 3
+    d = min_image_frac_torch(pred - target)  # (B, N, 3)
+    return d if lattice is None else frac_to_cart_torch(d, lattice.to(d.dtype))  # (B, N, 3)
 
 
 def autoencoder_loss(
@@ -127,7 +102,7 @@ def autoencoder_loss(
     frac_t = batch.frac.to(out.frac.dtype)  # (B, N, 3)
     lat_t = batch.lattice.to(out.frac.dtype)  # (B, 3, 3)
     d_frac = periodic_displacement(out.frac, frac_t)  # (B, N, 3)
-    d_cart = d_frac @ lat_t  # (B, N, 3) Å
+    d_cart = frac_to_cart_torch(d_frac, lat_t)  # (B, N, 3) Å
     sq_cart = d_cart.square().sum(-1)  # (B, N)
     if config.coord_loss == "chord":
         ang = 2.0 * math.pi * frac_t  # (B, N, 3)
@@ -145,7 +120,7 @@ def autoencoder_loss(
     coord_loss = masked_mean(sq, mask) + config.coord_norm_weight * norm_pen  # ()
 
     num_atoms = mask.sum(1)  # (B,)
-    log_len_t, len_t, ang_t = lattice_targets(lat_t, num_atoms)  # (B, 3) x 3
+    log_len_t, len_t, ang_t = scaled_lattice_parameters_torch(lat_t, num_atoms)  # (B, 3) x 3
     eps = 1e-3  # degrees
     ang_t_c = ang_t.clamp(config.angle_min + eps, config.angle_max - eps)  # (B, 3)
     beta = config.lattice_huber_beta  # float
