@@ -30,6 +30,7 @@ __all__ = [
     "build_diffusion",
     "default_model_path",
     "export_diffusion",
+    "extract_autoencoder",
     "load_any_autoencoder",
     "load_autoencoder",
     "load_diffusion",
@@ -258,5 +259,31 @@ def export_diffusion(checkpoint: str | Path, out: str | Path, *, bf16: bool = Tr
             "data_stats")
     payload = {k: ckpt[k] for k in keep if k in ckpt}
     payload.update(ema=state, dropped_keys=sorted(dropped))
+    save_checkpoint(payload, out)
+    return Path(out)
+
+
+def extract_autoencoder(checkpoint: str | Path, out: str | Path) -> Path:
+    """Write the autoencoder a diffusion checkpoint embeds (EMA weights, fp32) as an autoencoder
+    checkpoint of its own, e.g. to train a new denoiser on the bundled model's latents.
+
+    Raises:
+        ValueError: not a diffusion checkpoint, or an export that dropped the encoder.
+    """
+    path = _model_path(checkpoint)
+    ckpt = load_checkpoint(path)
+    _check_kind(ckpt, path, DIFFUSION_KIND)
+    if ckpt.get("dropped_keys"):
+        raise ValueError(f"{path}: this export dropped the encoder; no autoencoder to extract")
+    prefix = "autoencoder."
+    weights = ckpt.get("ema") or ckpt["model"]  # a slim carry file may hold either
+    state = {k[len(prefix):]: v.float() if v.is_floating_point() else v
+             for k, v in weights.items() if k.startswith(prefix)}
+    record = ckpt["autoencoder"]
+    payload = {"kind": AUTOENCODER_KIND, "mofasa_version": ckpt.get("mofasa_version"),
+               "config": record["config"], "ema": state, "model": state,
+               "step": int(record["step"]), "vocab": ckpt.get("vocab"),
+               "extracted_from": {"path": str(path), "source": record["source"],
+                                  "decoder_source": record.get("decoder_source")}}
     save_checkpoint(payload, out)
     return Path(out)

@@ -54,6 +54,7 @@ __all__ = [
     "LENGTH_RTOL",
     "NIGGLI_EPS",
     "PRIMITIVE_SYMPREC",
+    "bond_edges",
     "bond_graph",
     "canonicalize",
     "element_rank",
@@ -187,10 +188,18 @@ def _candidate_bases(lattice: np.ndarray) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------- bond graph
-def bond_graph(lattice: np.ndarray, frac: np.ndarray, numbers: np.ndarray) -> list[np.ndarray]:
-    """Neighbour lists of the periodic bond graph (d < r_i + r_j + BOND_TOL), one per atom.
+def bond_edges(lattice: np.ndarray, frac: np.ndarray, numbers: np.ndarray
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """Directed periodic bonds (d < r_i + r_j + BOND_TOL, Cordero radii) with image offsets.
 
-    An atom bonded to several images of the same atom lists it once; the lists are sorted.
+    Args:
+        lattice: (3, 3) rows a, b, c in Å.
+        frac: (N, 3) fractional coordinates.
+        numbers: (N,) atomic numbers.
+
+    Returns:
+        ``(pairs (E, 2) int64 [i, j], images (E, 3) int64 n)``: atom i bonds to the image of
+        atom j shifted by n (both directions listed; sorted by i, j, n).
     """
     import torch
 
@@ -204,11 +213,17 @@ def bond_graph(lattice: np.ndarray, frac: np.ndarray, numbers: np.ndarray) -> li
         cutoff,
     )
     i, j = graph.edge_index.numpy()
-    dist = graph.distances.numpy()
-    bonded = dist < radii[i] + radii[j] + BOND_TOL
-    i, j = i[bonded], j[bonded]
-    keep = i != j
-    pairs = np.unique(np.stack([i[keep], j[keep]], 1), axis=0)
+    bonded = graph.distances.numpy() < radii[i] + radii[j] + BOND_TOL
+    return np.stack([i[bonded], j[bonded]], 1), graph.offsets.numpy()[bonded]
+
+
+def bond_graph(lattice: np.ndarray, frac: np.ndarray, numbers: np.ndarray) -> list[np.ndarray]:
+    """Neighbour lists of the periodic bond graph (d < r_i + r_j + BOND_TOL), one per atom.
+
+    An atom bonded to several images of the same atom lists it once; the lists are sorted.
+    """
+    pairs, _ = bond_edges(lattice, frac, numbers)
+    pairs = np.unique(pairs[pairs[:, 0] != pairs[:, 1]], axis=0)
     split = np.searchsorted(pairs[:, 0], np.arange(len(numbers) + 1))
     return [pairs[split[a] : split[a + 1], 1] for a in range(len(numbers))]
 

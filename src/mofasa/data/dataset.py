@@ -170,7 +170,11 @@ def make_loader(
     drop_last: bool = False,
     dtype: torch.dtype = torch.float32,
 ) -> DataLoader:
-    """A DataLoader of `CrystalBatch` with size-bucketed (and, under torchrun, sharded) batches."""
+    """A DataLoader of `CrystalBatch` with size-bucketed (and, under torchrun, sharded) batches.
+
+    ``dataset`` needs ``num_atoms`` and ``(index, epoch)`` keys; one with a ``collate_fn``
+    attribute (a latent cache) batches its own items.
+    """
     sampler = BucketBatchSampler(
         dataset.num_atoms,
         batch_size,
@@ -180,10 +184,12 @@ def make_loader(
         drop_last=drop_last,
     )
 
+    # datasets with items of their own (e.g. a latent cache) bring their own collate
+    collate_fn = getattr(dataset, "collate_fn", None) or partial(collate, dtype=dtype)
     return DataLoader(
         dataset,
         batch_sampler=sampler,
-        collate_fn=partial(collate, dtype=dtype),
+        collate_fn=collate_fn,
         # Own generator: creating an iterator must not draw from the global torch RNG, or a
         # resumed run (which restores that RNG) would diverge from an uninterrupted one.
         generator=torch.Generator().manual_seed(seed),

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from mofasa.data.batch import CrystalBatch
+from mofasa.diffusion.batch import LatentBatch
 from mofasa.diffusion.objectives import masked_mse, q_sample, v_target, x0_from_v
 from mofasa.diffusion.samplers import denoise_loop, make_sampler
 from mofasa.diffusion.schedule import CosineSchedule, DiffusionConfig
@@ -155,7 +156,10 @@ class LatentDiffusion(nn.Module):
             ``loss``, ``loss_local``, ``loss_global``, ``self_cond``.
         """
         mask = batch.mask  # (B, N)
-        x0 = self.encode(batch)  # (B, N, D_L), (B, G)
+        if isinstance(batch, LatentBatch) and batch.zl is not None:  # from a latent cache
+            x0 = self.normalize(batch.zl.float(), batch.zg.float(), mask)  # (B, N, D_L), (B, G)
+        else:
+            x0 = self.encode(batch)  # (B, N, D_L), (B, G)
         B, dev = mask.shape[0], mask.device
         # stratified times: one uniform offset + B evenly spaced points (lower-variance loss)
         t = (torch.rand((), device=dev) + torch.arange(B, device=dev) / B) % 1.0  # (B,)

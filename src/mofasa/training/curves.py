@@ -32,16 +32,23 @@ def plot_metrics(path: str | Path, out: str | Path,
     series = read_metrics(path)
     present = [n for n in names if any(key[1] == n for key in series)]
     present = present or sorted({key[1] for key in series})[:4]
-    fig, axes = plt.subplots(1, len(present), figsize=(4 * len(present), 3.2), squeeze=False)
-    for ax, name in zip(axes[0], present, strict=True):
-        for split in ("train", "val"):
+    # every training-time probe gets a panel (they are few and are what a long run is read by)
+    present += sorted({n for split, n in series if split == "probe" and n != "probe_seconds"})
+    cols = min(len(present), 4)
+    rows = -(-len(present) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3.2 * rows), squeeze=False)
+    for ax in axes.flat[len(present):]:
+        ax.set_visible(False)
+    for ax, name in zip(axes.flat, present, strict=False):
+        for split in ("train", "val", "probe"):
             points = series.get((split, name))
             if points:
                 steps, values = zip(*points, strict=True)
                 ax.plot(steps, values, label=split, lw=1.2)
         ax.set_title(name)
         ax.set_xlabel("step")
-        panel = [v for split in ("train", "val") for _, v in series.get((split, name), [])]
+        panel = [v for split in ("train", "val", "probe")
+                 for _, v in series.get((split, name), [])]
         if "loss" in name and panel and min(panel) > 0:
             ax.set_yscale("log")
         ax.legend()

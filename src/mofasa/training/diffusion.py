@@ -11,7 +11,7 @@ without the optimiser and the encoder) for bundling.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,6 +34,7 @@ from mofasa.models.autoencoder import CrystalAutoencoder
 from mofasa.models.config import AutoencoderConfig
 from mofasa.models.denoiser import DenoiserConfig
 from mofasa.training.autoencoder import atom_count_histogram
+from mofasa.training.latent_cache import LatentCacheConfig, cache_statistics, open_latent_cache
 from mofasa.training.loop import DataConfig, OptimConfig, RunConfig, Trainer
 
 __all__ = ["DiffusionTrainConfig", "load_diffusion_config", "train_diffusion"]
@@ -42,16 +43,38 @@ KIND = "diffusion"
 
 
 @dataclass(frozen=True)
+class ProbeConfig:
+    """``probes`` section: training-time probes (`mofasa.training.probes`) on the EMA model.
+
+    Attributes:
+        every: steps between probes (0: off); logged in metrics.csv (split ``probe``).
+        structures: validation structures the SDEdit / context / attention probes use.
+        samples: de novo samples of the bonded-share probe (0: skip it).
+        steps: sampler steps of the de novo samples.
+        seed: noise seed (the same draws every time).
+    """
+
+    every: int = 0
+    structures: int = 32
+    samples: int = 64
+    steps: int = 20
+    seed: int = 0
+
+
+@dataclass(frozen=True)
 class DiffusionTrainConfig:
     """Sections: ``model`` (denoiser), ``diffusion`` (schedule / objective / sampling
-    defaults), ``data``, ``optim``, ``run``, and ``autoencoder`` (path of the autoencoder
-    checkpoint whose latents are modelled; the ``--autoencoder`` option overrides it)."""
+    defaults), ``data``, ``optim``, ``run``, ``cache`` (precomputed latents), ``probes``, and
+    ``autoencoder`` (path of the autoencoder checkpoint whose latents are modelled; the
+    ``--autoencoder`` option overrides it)."""
 
     model: DenoiserConfig = field(default_factory=DenoiserConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     run: RunConfig = field(default_factory=lambda: RunConfig(out_dir="runs/diffusion"))
+    cache: LatentCacheConfig = field(default_factory=LatentCacheConfig)
+    probes: ProbeConfig = field(default_factory=ProbeConfig)
     autoencoder: str = ""
 
 
@@ -80,6 +103,23 @@ def _stats_batches(train: CrystalDataset, cfg: DiffusionTrainConfig, device: tor
     for start in range(0, len(idx), cfg.data.batch_size):
         chunk = idx[start : start + cfg.data.batch_size]
         yield collate([train[(int(i), 0)] for i in chunk]).to(device)
+
+
+def _probe_fn(cfg: DiffusionTrainConfig, hist: torch.Tensor
+              ) -> Callable[[torch.nn.Module], dict[str, float]] | None:
+    """The probes on a fixed, evenly spread set of validation structures (None when off)."""
+    if not cfg.probes.every:
+        return None
+    from mofasa.training.probes import ProbeSet, run_probes
+
+    val = CrystalDataset(cfg.data.path, cfg.data.val_split, max_atoms=cfg.data.max_atoms)
+    if len(val) == 0:
+        return None
+    pick = np.linspace(0, len(val) - 1, min(cfg.probes.structures, len(val))).astype(int)
+    probes = ProbeSet([val[int(i)] for i in np.unique(pick)], np.flatnonzero(hist.numpy()),
+                      seed=cfg.probes.seed)
+    return lambda model: run_probes(model, probes, samples=cfg.probes.samples,
+                                    steps=cfg.probes.steps)
 
 
 def train_diffusion(cfg: DiffusionTrainConfig, autoencoder_path: str | Path | None = None, *,
@@ -123,13 +163,22 @@ def train_diffusion(cfg: DiffusionTrainConfig, autoencoder_path: str | Path | No
     extra = {"autoencoder": ae_record, "latent_stats": stats,
              "data_stats": {"num_atoms_hist": hist, "n_train": len(train)}}
     trainer = Trainer(model, kind=KIND, config=to_dict(cfg), data=cfg.data, optim=cfg.optim,
-                      run=cfg.run, extra_state=extra)
+                      run=cfg.run, extra_state=extra, probe_fn=_probe_fn(cfg, hist),
+                      probe_every=cfg.probes.every)
+    if resume:
+        trainer.resume()  # the autoencoder's weights too: the cache key needs them
+    if cfg.cache.path:  # latents precomputed once instead of re-encoding every batch
+        train, val = open_latent_cache(
+            trainer.model.autoencoder, cfg.cache, cfg.data.path, max_atoms=cfg.data.max_atoms,
+            seed=cfg.run.seed, translate=cfg.data.translate,
+            splits=(cfg.data.train_split, cfg.data.val_split))
     if stats is None:  # measured once, on the trainer's device, then frozen in the checkpoint
-        batches = _stats_batches(train, cfg, trainer.device)
-        stats = latent_statistics(model.autoencoder, batches)
+        if cfg.cache.path:
+            stats = cache_statistics(train)
+        else:
+            stats = latent_statistics(model.autoencoder,
+                                      _stats_batches(train, cfg, trainer.device))
         extra["latent_stats"] = stats
     for module in (trainer.model, trainer.ema):
         module.set_latent_stats(stats)
-    if resume:
-        trainer.resume()
     return trainer.fit(train, val if len(val) else None, stop_after=stop_after)

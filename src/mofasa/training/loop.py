@@ -123,6 +123,9 @@ class Trainer:
         data, optim, run: the sections of that config the loop uses.
         extra_state: tensors / plain values stored in every checkpoint (e.g. data statistics).
         batch_transform: optional function applied to each batch on the device.
+        probe_fn: optional ``model -> {name: value}`` run on the EMA model every
+            ``probe_every`` steps and logged under the split ``probe``.
+        probe_every: steps between probes (0: never).
     """
 
     def __init__(
@@ -136,11 +139,14 @@ class Trainer:
         run: RunConfig,
         extra_state: dict | None = None,
         batch_transform: Callable[[CrystalBatch], Any] | None = None,
+        probe_fn: Callable[[nn.Module], dict[str, float]] | None = None,
+        probe_every: int = 0,
     ) -> None:
         self.kind, self.config = kind, config
         self.data_cfg, self.optim_cfg, self.run_cfg = data, optim, run
         self.extra_state = extra_state or {}
         self.batch_transform = batch_transform
+        self.probe_fn, self.probe_every = probe_fn, probe_every
         if run.threads:
             torch.set_num_threads(run.threads)
         self.device = resolve_device(run.device)
@@ -374,6 +380,9 @@ class Trainer:
                 t0, seen = time.perf_counter(), 0
             if val is not None and self.step % self.run_cfg.val_every == 0:
                 self._log([(self.step, "val", k, v) for k, v in self.validate(val).items()])
+            if self.probe_fn is not None and self.probe_every and \
+                    self.step % self.probe_every == 0:
+                self._log([(self.step, "probe", k, v) for k, v in self.probe().items()])
             if self.step % self.run_cfg.ckpt_every == 0:
                 self.save()
             if self._should_stop(start_time, start_step, stop_after):
@@ -440,6 +449,18 @@ class Trainer:
             count += 1
         torch.set_rng_state(state)
         return {k: v / max(1, count) for k, v in totals.items()}
+
+    @torch.no_grad()
+    def probe(self) -> dict[str, float]:
+        """``probe_fn`` on the EMA model (main process only; the training RNG is untouched),
+        plus the seconds it took."""
+        if not self.dist.main or self.probe_fn is None:
+            return {}
+        state, t0 = torch.get_rng_state(), time.perf_counter()
+        out = dict(self.probe_fn(self.ema))
+        torch.set_rng_state(state)
+        out["probe_seconds"] = time.perf_counter() - t0
+        return out
 
     def _install_sigterm(self) -> None:
         import threading
