@@ -19,6 +19,7 @@ import torch
 from mofasa.checkpoint.device import resolve_device
 from mofasa.checkpoint.files import checkpoint_exists, load_checkpoint, save_checkpoint
 from mofasa.config import ConfigError, from_dict
+from mofasa.diffusion.coordflow import CoordFlow
 from mofasa.diffusion.latent import LatentDiffusion
 from mofasa.diffusion.schedule import DiffusionConfig
 from mofasa.models.autoencoder import CrystalAutoencoder
@@ -33,6 +34,7 @@ __all__ = [
     "extract_autoencoder",
     "load_any_autoencoder",
     "load_autoencoder",
+    "load_coordflow",
     "load_diffusion",
     "load_model",
     "resolve_latent_sizes",
@@ -287,3 +289,23 @@ def extract_autoencoder(checkpoint: str | Path, out: str | Path) -> Path:
                                   "decoder_source": record.get("decoder_source")}}
     save_checkpoint(payload, out)
     return Path(out)
+
+
+def load_coordflow(path: str | Path, *, ema: bool = True, device: str | torch.device = "cpu"
+                   ) -> CoordFlow:
+    """A ready-to-sample `CoordFlow` (explicit-coordinate hybrid, eval mode) from its checkpoint
+    (its ``config`` holds ``model`` and ``flow``; the histogram is ``data_stats``)."""
+    from mofasa.diffusion.coordflow import CoordFlowConfig
+    from mofasa.models.coord_denoiser import CoordDenoiser, CoordDenoiserConfig
+
+    ckpt = load_checkpoint(path, map_location="cpu")
+    _check_kind(ckpt, path, "coordflow")
+    cfg = ckpt["config"]
+    model = CoordFlow(CoordDenoiser(from_dict(CoordDenoiserConfig, cfg["model"], "model")),
+                      from_dict(CoordFlowConfig, cfg["flow"], "flow"),
+                      ckpt["data_stats"]["num_atoms_hist"])
+    state = ckpt["ema" if ema or "model" not in ckpt else "model"]
+    model.load_state_dict({k: v.float() if v.is_floating_point() else v
+                           for k, v in state.items()})
+    model.checkpoint_info = {"path": str(path), "step": int(ckpt["step"]), "config": cfg}
+    return model.to(resolve_device(device)).eval()

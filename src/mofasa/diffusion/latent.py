@@ -29,6 +29,7 @@ from mofasa.diffusion.samplers import denoise_loop, make_sampler
 from mofasa.diffusion.schedule import CosineSchedule, DiffusionConfig
 from mofasa.models.autoencoder import CrystalAutoencoder
 from mofasa.models.denoiser import Denoiser
+from mofasa.models.pair_terms import readout_loss
 
 __all__ = ["LatentDiffusion", "latent_statistics"]
 
@@ -179,13 +180,19 @@ class LatentDiffusion(nn.Module):
             with torch.no_grad():
                 v0 = self.denoiser(*z_t, t, mask, cond=cond, drop_cond=drop)
                 sc = tuple(x.float().detach() for x in x0_from_v(z_t, v0, alpha, sigma))
-        v_pred = self.denoiser(*z_t, t, mask, self_cond=sc, cond=cond, drop_cond=drop)
+        geometry = self.denoiser.config.pair_terms and self.config.geometry_weight > 0
+        *v_pred, readout = self.denoiser(*z_t, t, mask, self_cond=sc, cond=cond, drop_cond=drop,
+                                         return_readout=True)
         v_true = v_target(x0, eps, alpha, sigma)  # v = alpha eps - sigma x0
         loss_l = masked_mse(v_pred[0], v_true[0], mask)  # ()
         loss_g = masked_mse(v_pred[1], v_true[1])  # ()
         loss = loss_l + self.config.global_weight * loss_g  # ()
         metrics = {"loss": loss.detach(), "loss_local": loss_l.detach(),
                    "loss_global": loss_g.detach(), "self_cond": torch.tensor(float(use_sc))}
+        if geometry and readout is not None:  # the readout learns the clean structure
+            loss_geo = readout_loss(readout, batch.frac, batch.lattice, mask, alpha)  # ()
+            loss = loss + self.config.geometry_weight * loss_geo
+            metrics.update(loss=loss.detach(), loss_geometry=loss_geo.detach())
         return loss, metrics
 
     def forward(self, batch: CrystalBatch) -> tuple[torch.Tensor, dict[str, float]]:

@@ -38,6 +38,8 @@ class DiffusionConfig:
         shift: schedule shift (``lambda -= 2 log shift``; 1: plain cosine).
         self_cond_prob: probability per training batch of the self-conditioning pass.
         global_weight: weight of the Z_G loss relative to the (per-atom mean) Z_L loss.
+        geometry_weight: weight of the auxiliary loss of a ``pair_terms`` denoiser's geometry
+            readout (positions and lattice read from its input) against the clean structure.
         sampler: default sampler, ``"ddim"`` (deterministic) or ``"ddpm"`` (ancestral).
         steps: default number of sampling steps.
         stats_max_structures: training structures used to measure latent statistics.
@@ -48,6 +50,7 @@ class DiffusionConfig:
     shift: float = 1.0
     self_cond_prob: float = 0.5
     global_weight: float = 1.0
+    geometry_weight: float = 0.1
     sampler: str = "ddim"
     steps: int = 50
     stats_max_structures: int = 20000

@@ -28,6 +28,7 @@ from torch import nn
 from mofasa.config import load_section, named_configs
 from mofasa.models.config import BackboneConfig
 from mofasa.models.gns import GNS
+from mofasa.models.pair_terms import GeometryReadout, PairBias
 
 __all__ = [
     "Denoiser",
@@ -54,6 +55,10 @@ class DenoiserConfig:
         order_init_std: std of the order embeddings at initialisation. nn.Embedding's N(0, 1)
             made the fixed index code 60-75% of the first layer's input power, and it never
             shrank in training; 0.02 (as for DiT's position tables) lets the latents dominate.
+        pair_terms: read positions and lattice from the input (`models.pair_terms`) and add
+            relative Fourier + distance-RBF pair terms to every attention layer's logits.
+        pair_frequencies, pair_rbf, pair_cutoff: the pair features (per-axis frequencies,
+            distance Gaussians, largest centre in Å).
         self_condition: the input also holds the previous clean-latent estimate.
         cond_dim: width of the optional per-crystal condition vector (0: unconditional).
         cond_drop_prob: training probability of replacing the condition by the learned null
@@ -69,6 +74,10 @@ class DenoiserConfig:
     use_order_embeddings: bool = True
     max_order_index: int = 512
     order_init_std: float = 1.0
+    pair_terms: bool = False
+    pair_frequencies: int = 4
+    pair_rbf: int = 16
+    pair_cutoff: float = 8.0
     self_condition: bool = True
     cond_dim: int = 0
     cond_drop_prob: float = 0.1
@@ -149,6 +158,11 @@ class Denoiser(nn.Module):
             # learned "no condition" vector; starts at zero = the unconditional model's input
             self.null_cond = nn.Parameter(torch.zeros(D))
         self.backbone = GNS(c.backbone, cond_dim=D)
+        self.readout = self.pair_bias = None
+        if c.pair_terms:
+            self.readout = GeometryReadout(k * c.latent_dim, k * c.global_latent_dim)
+            self.pair_bias = PairBias(c.backbone.heads, c.pair_frequencies, c.pair_rbf,
+                                      c.pair_cutoff)
         # final adaLN (shift, scale) of atoms and global node; zero: starts as plain LayerNorm
         self.final_mod = nn.Linear(D, 4 * D)
         self.out_local = nn.Linear(D, c.latent_dim)
@@ -210,7 +224,8 @@ class Denoiser(nn.Module):
         self_cond: tuple[torch.Tensor, torch.Tensor] | None = None,
         cond: torch.Tensor | None = None,
         drop_cond: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return_readout: bool = False,
+    ) -> tuple[torch.Tensor, ...]:
         """Predict v for both latents.
 
         Args:
@@ -222,9 +237,11 @@ class Denoiser(nn.Module):
                 None (zeros; ignored without ``self_condition``).
             cond: (B, cond_dim) condition or None.
             drop_cond: (B,) bool forcing the null condition (see :meth:`conditioning`).
+            return_readout: also return the geometry readout (``pair_terms`` models; None
+                otherwise), for the auxiliary loss.
 
         Returns:
-            ``(v_local, v_global)``: (B, N, D_L) (zeros at padding) and (B, G).
+            ``(v_local, v_global)``: (B, N, D_L) (zeros at padding) and (B, G) [, readout].
         """
         B, N, _ = z_local.shape
         m = mask.unsqueeze(-1).to(z_local.dtype)  # (B, N, 1)
@@ -240,8 +257,20 @@ class Denoiser(nn.Module):
             h = h + self.order_embed(idx).unsqueeze(0)  # (B, N, D)
         g = self.in_global(z_global)  # (B, D)
         c = self.conditioning(t, mask, cond, drop_cond)  # (B, D)
-        h, g = self.backbone(h * m, g, mask, cond=c)  # (B, N, D), (B, D) normalised
+        readout, bias = self._pair_terms(z_local, z_global, mask)  # once, shared by the layers
+        h, g = self.backbone(h * m, g, mask, cond=c, attn_bias=bias)  # (B, N, D), (B, D)
         sh, sc, gsh, gsc = self.final_mod(F.silu(c)).chunk(4, dim=-1)  # 4 x (B, D)
         h = h * (1.0 + sc.unsqueeze(1)) + sh.unsqueeze(1)  # (B, N, D)
         g = g * (1.0 + gsc) + gsh  # (B, D)
-        return self.out_local(h) * m, self.out_global(g)  # (B, N, D_L), (B, G)
+        v = (self.out_local(h) * m, self.out_global(g))  # (B, N, D_L), (B, G)
+        return (*v, readout) if return_readout else v
+
+    def _pair_terms(self, zl: torch.Tensor, zg: torch.Tensor, mask: torch.Tensor
+                    ) -> tuple[tuple[torch.Tensor, ...] | None, torch.Tensor | None]:
+        """Geometry read from the input and the (B, H, N, N) pair bias (None without)."""
+        if self.readout is None or self.pair_bias is None:
+            return None, None
+        n = mask.sum(1)  # (B,)
+        readout = self.readout(zl.float(), zg.float(), n)  # cos_sin, frac, log_len, angles
+        lattice = GeometryReadout.lattice_matrix(readout[2], readout[3], n)  # (B, 3, 3)
+        return readout, self.pair_bias(readout[1], lattice).to(zl.dtype)  # (B, H, N, N)

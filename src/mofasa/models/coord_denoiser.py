@@ -1,0 +1,177 @@
+"""`CoordDenoiser`: velocities for explicit fractional coordinates, type codes and the lattice.
+
+The hybrid of the bake-off (arm c): no autoencoder for positions. Per atom the state is its
+fractional coordinates on the torus and a small continuous type code (analog bits); per crystal
+the 6 normalised lattice numbers. The network is the GNS backbone twice: a local step over the
+periodic k-NN graph of the *noisy* coordinates (edge features: distance RBF), then all-pairs
+attention with the pair terms of arm b (relative Fourier features of the minimum-image
+displacement + distance RBF, `models.pair_terms.PairBias`), computed once per forward. The
+coordinate velocity is a learned weighted sum of the k-NN edge displacements (fractional,
+periodic, translation-invariant by construction); types and lattice get linear heads.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from mofasa.data.batch import CrystalBatch
+from mofasa.geometry.graphs import knn_graph_pbc_batch
+from mofasa.geometry.lattice_torch import lattice_from_parameters_torch
+from mofasa.models.autoencoder import GaussianRBF
+from mofasa.models.config import BackboneConfig
+from mofasa.models.denoiser import timestep_embedding
+from mofasa.models.gns import GNS
+from mofasa.models.pair_terms import PairBias
+
+__all__ = ["CoordDenoiser", "CoordDenoiserConfig", "LatticeCoder", "type_codes"]
+
+
+@dataclass(frozen=True)
+class CoordDenoiserConfig:
+    """Hyper-parameters of `CoordDenoiser`.
+
+    Attributes:
+        local: k-NN message-passing stack over the noisy coordinates.
+        dense: all-pairs attention stack with pair terms (depth 0: none).
+        knn_k: neighbours per atom.
+        rbf_size, rbf_cutoff: distance Gaussians of the edges and pairs (Å).
+        type_bits: width of the analog-bit type code (2^bits >= the 101 tokens).
+        time_embed_dim: sinusoidal time features.
+        pair_frequencies: Fourier frequencies of the pair terms.
+    """
+
+    local: BackboneConfig = field(
+        default_factory=lambda: BackboneConfig(width=128, depth=4, heads=4, local="knn"))
+    dense: BackboneConfig = field(
+        default_factory=lambda: BackboneConfig(width=128, depth=2, heads=4, local="dense"))
+    knn_k: int = 16
+    rbf_size: int = 32
+    rbf_cutoff: float = 8.0
+    type_bits: int = 7
+    time_embed_dim: int = 128
+    pair_frequencies: int = 4
+
+    def __post_init__(self) -> None:
+        if self.local.local != "knn" or self.dense.local != "dense":
+            raise ValueError("CoordDenoiser needs a knn local stack and a dense stack")
+        if self.local.width != self.dense.width:
+            raise ValueError("the two stacks must have the same width")
+        if 2 ** self.type_bits < 101:
+            raise ValueError("type_bits must encode the 101 tokens (>= 7)")
+
+
+def type_codes(bits: int) -> torch.Tensor:
+    """(101, bits) analog bits of tokens 0..100 in {-1, +1} (token 0, padding, included)."""
+    tokens = torch.arange(101).unsqueeze(-1)  # (101, 1)
+    return ((tokens >> torch.arange(bits)) & 1).float() * 2.0 - 1.0  # (101, bits)
+
+
+class LatticeCoder:
+    """Lattice <-> 6 normalised numbers: (log(length / N^(1/3)) - mean) / std and
+    (angle - 90 deg) / 15 deg; ``mean`` / ``std`` come from the training data."""
+
+    def __init__(self, log_len_mean: float = 0.87, log_len_std: float = 0.25) -> None:
+        self.mean, self.std = log_len_mean, log_len_std
+
+    def encode(self, lattice: torch.Tensor, num_atoms: torch.Tensor) -> torch.Tensor:
+        """(B, 3, 3), (B,) -> (B, 6)."""
+        from mofasa.geometry.lattice_torch import scaled_lattice_parameters_torch
+
+        log_len, _, angles = scaled_lattice_parameters_torch(lattice, num_atoms)  # (B, 3) x 2
+        return torch.cat([(log_len - self.mean) / self.std, (angles - 90.0) / 15.0], dim=-1)
+
+    def decode(self, code: torch.Tensor, num_atoms: torch.Tensor) -> torch.Tensor:
+        """(B, 6), (B,) -> (B, 3, 3); angles clamped into (60, 120) deg, lengths to sane."""
+        n = num_atoms.to(code.dtype).clamp(min=1.0).unsqueeze(-1)  # (B, 1)
+        log_len = (code[:, :3] * self.std + self.mean).clamp(-2.0, 3.0)  # (B, 3)
+        angles = (code[:, 3:] * 15.0 + 90.0).clamp(60.5, 119.5)  # (B, 3)
+        return lattice_from_parameters_torch(log_len.exp() * n.pow(1.0 / 3.0), angles)
+
+
+class CoordDenoiser(nn.Module):
+    """Predictions ``(d_frac (B, N, 3), type code (B, N, bits), lattice code (B, 6))`` at time
+    t: the fractional displacement from the noisy to the clean coordinates (a weighted sum of
+    edge displacements), and the clean type and lattice codes.
+
+    Args:
+        config: hyper-parameters.
+    """
+
+    def __init__(self, config: CoordDenoiserConfig) -> None:
+        super().__init__()
+        c = self.config = config
+        D = c.local.width
+        self.rbf = GaussianRBF(c.rbf_size, c.rbf_cutoff)
+        self.type_in = nn.Linear(c.type_bits, D)
+        self.lattice_in = nn.Linear(6, D)
+        self.time_embed = nn.Sequential(nn.Linear(c.time_embed_dim, D), nn.SiLU(),
+                                        nn.Linear(D, D))
+        self.local = GNS(c.local, edge_dim=c.rbf_size, cond_dim=D, context_dim=6)
+        self.dense = GNS(c.dense, cond_dim=D, context_dim=6) if c.dense.depth else None
+        self.pair_bias = PairBias(c.dense.heads, c.pair_frequencies, 16, c.rbf_cutoff) \
+            if c.dense.depth else None
+        # per-edge weight of the displacement toward neighbour j (the coordinate velocity):
+        # an MLP of [h_i, h_j, rbf_ij] whose first layer is split per input, so the atom parts
+        # are computed once per atom, not once per edge (the edges are ~k times more)
+        self.edge_i = nn.Linear(D, D)
+        self.edge_j = nn.Linear(D, D, bias=False)
+        self.edge_rbf = nn.Linear(c.rbf_size, D, bias=False)
+        self.edge_out = nn.Linear(D, 1)
+        self.type_out = nn.Linear(D, c.type_bits)
+        self.lattice_out = nn.Linear(D, 6)
+
+    def forward(self, frac: torch.Tensor, types: torch.Tensor, lattice_code: torch.Tensor,
+                lattice: torch.Tensor, t: torch.Tensor, mask: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Clean-state predictions for the three parts of the state.
+
+        Args:
+            frac: (B, N, 3) noisy fractional coordinates in [0, 1).
+            types: (B, N, bits) noisy type codes.
+            lattice_code: (B, 6) noisy normalised lattice numbers.
+            lattice: (B, 3, 3) the lattice they decode to (Å).
+            t: (B,) times in [0, 1] (0: noise, 1: data).
+            mask: (B, N) bool.
+
+        Returns:
+            ``(d_frac (B, N, 3), types (B, N, bits), lattice (B, 6))``, zeros at padding.
+        """
+        B, N, _ = frac.shape
+        m = mask.unsqueeze(-1).to(frac.dtype)  # (B, N, 1)
+        graph = knn_graph_pbc_batch(frac.detach(), lattice.detach(), mask, self.config.knn_k)
+        edge_attr = self.rbf(graph.distances.detach())  # (E, R)
+        temb = timestep_embedding(t * 1000.0, self.config.time_embed_dim)  # (B, T) float32
+        c = self.time_embed(temb.to(self.type_in.weight.dtype))  # (B, D)
+        h = self.type_in(types) * m  # (B, N, D)
+        g = self.lattice_in(lattice_code)  # (B, D)
+        h, g = self.local(h, g, mask, edge_index=graph.edge_index, edge_attr=edge_attr, cond=c,
+                          context=lattice_code)  # (B, N, D), (B, D)
+        if self.dense is not None and self.pair_bias is not None:
+            bias = self.pair_bias(frac, lattice).to(h.dtype)  # (B, H, N, N), once per forward
+            h, g = self.dense(h, g, mask, cond=c, context=lattice_code, attn_bias=bias)
+        v_frac = self._coordinate_velocity(h, graph, edge_attr, frac, B, N) * m  # (B, N, 3)
+        return v_frac, self.type_out(h) * m, self.lattice_out(g)
+
+    def _coordinate_velocity(self, h: torch.Tensor, graph: object, edge_attr: torch.Tensor,
+                             frac: torch.Tensor, B: int, N: int) -> torch.Tensor:
+        """sum_j w_ij (x_j + n_ij - x_i): a periodic, translation-invariant velocity."""
+        i, j = graph.edge_index  # (E,) x 2 into B * N
+        flat = h.reshape(B * N, -1)  # (B N, D)
+        hidden = self.edge_i(flat)[i] + self.edge_j(flat)[j] + self.edge_rbf(edge_attr)  # (E, D)
+        w = self.edge_out(torch.nn.functional.silu(hidden))  # (E, 1)
+        x = frac.reshape(B * N, 3).detach()  # (B N, 3)
+        d_frac = x[j] + graph.offsets.to(x.dtype) - x[i]  # (E, 3): toward the image of j
+        v = torch.zeros(B * N, 3, dtype=h.dtype, device=h.device)
+        v.index_add_(0, i, w * d_frac.to(h.dtype))  # (B N, 3)
+        return v.view(B, N, 3) / math.sqrt(self.config.knn_k)
+
+
+def batch_state(batch: CrystalBatch, codes: torch.Tensor, coder: LatticeCoder
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The clean state of a batch: (frac (B, N, 3), type codes (B, N, bits), lattice (B, 6))."""
+    types = codes.to(batch.frac.device)[batch.atom_types] * batch.mask.unsqueeze(-1)
+    return batch.frac, types, coder.encode(batch.lattice, batch.num_atoms)
