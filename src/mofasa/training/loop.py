@@ -76,7 +76,7 @@ class RunConfig:
     device: str = "auto"
     bf16: bool = True  # autocast on CUDA only (slower than fp32 on most CPUs)
     compile: bool = False
-    max_time_s: float | None = None  # stop (and checkpoint) after this much wall time
+    max_time_s: float | None = None  # stop (and checkpoint) after this much training time
     threads: int = 0  # CPU threads (0: torch default)
     # Fresh runs only (no own checkpoint resumed): model / EMA weights from this checkpoint
     # (a full one or a slim weights-only one), new optimiser, step count from 0.
@@ -147,6 +147,7 @@ class Trainer:
         self.extra_state = extra_state or {}
         self.batch_transform = batch_transform
         self.probe_fn, self.probe_every = probe_fn, probe_every
+        self.probe_seconds = 0.0  # wall time spent probing in this call (not training)
         if run.threads:
             torch.set_num_threads(run.threads)
         self.device = resolve_device(run.device)
@@ -396,7 +397,9 @@ class Trainer:
         if stop_after is not None and self.step - start_step >= stop_after:
             return True
         limit = self.run_cfg.max_time_s
-        return limit is not None and time.perf_counter() - start_time > limit
+        # probes are measurements, not training: their time does not count against the budget
+        spent = time.perf_counter() - start_time - self.probe_seconds
+        return limit is not None and spent > limit
 
     def _train_step(self, module: nn.Module, batch: CrystalBatch) -> dict[str, float]:
         self.model.train()
@@ -460,6 +463,7 @@ class Trainer:
         out = dict(self.probe_fn(self.ema))
         torch.set_rng_state(state)
         out["probe_seconds"] = time.perf_counter() - t0
+        self.probe_seconds += out["probe_seconds"]
         return out
 
     def _install_sigterm(self) -> None:
