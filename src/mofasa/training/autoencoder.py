@@ -13,7 +13,7 @@ from mofasa.config import load_config, to_dict
 from mofasa.data.dataset import CrystalDataset
 from mofasa.models.autoencoder import CrystalAutoencoder
 from mofasa.models.config import AutoencoderConfig
-from mofasa.training.loop import DataConfig, OptimConfig, RunConfig, Trainer
+from mofasa.training.loop import DataConfig, OptimConfig, RunConfig, Trainer, split_datasets
 
 __all__ = ["AETrainConfig", "build_autoencoder", "load_ae_config", "train_autoencoder"]
 
@@ -45,12 +45,7 @@ def build_autoencoder(cfg: AutoencoderConfig) -> CrystalAutoencoder:
 def train_autoencoder(cfg: AETrainConfig, *, resume: bool = True, init: str | None = None,
                       stop_after: int | None = None) -> dict[str, float]:
     """Train (or resume) an autoencoder as configured; returns the last logged metrics."""
-    train = CrystalDataset(cfg.data.path, cfg.data.train_split, translate=cfg.data.translate,
-                           seed=cfg.run.seed, max_atoms=cfg.data.max_atoms)
-    val = CrystalDataset(cfg.data.path, cfg.data.val_split, max_atoms=cfg.data.max_atoms)
-    if len(train) == 0:
-        raise ValueError(f"{cfg.data.path}: no training structures with <= "
-                         f"{cfg.data.max_atoms} atoms")
+    train, val = split_datasets(cfg.data, cfg.run.seed)
     torch.manual_seed(cfg.run.seed)
     model = build_autoencoder(cfg.model)
     stats = {"num_atoms_hist": atom_count_histogram(train, cfg.data.max_atoms),

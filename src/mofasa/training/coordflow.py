@@ -21,7 +21,8 @@ from mofasa.diffusion.coordflow import CoordFlow, CoordFlowConfig
 from mofasa.models.coord_denoiser import CoordDenoiser, CoordDenoiserConfig
 from mofasa.training.autoencoder import atom_count_histogram
 from mofasa.training.diffusion import ProbeConfig
-from mofasa.training.loop import DataConfig, OptimConfig, RunConfig, Trainer
+from mofasa.training.loop import DataConfig, OptimConfig, RunConfig, Trainer, split_datasets
+from mofasa.training.probes import probe_structures
 
 __all__ = ["CoordFlowTrainConfig", "coordflow_probes", "load_coordflow_config",
            "train_coordflow"]
@@ -97,11 +98,10 @@ def coordflow_probes(model: CoordFlow, crystals: list, sizes: np.ndarray, sample
 def _probe_fn(cfg: CoordFlowTrainConfig, hist: torch.Tensor):
     if not cfg.probes.every:
         return None
-    val = CrystalDataset(cfg.data.path, cfg.data.val_split, max_atoms=cfg.data.max_atoms)
-    if len(val) == 0:
+    crystals = probe_structures(cfg.data.path, cfg.data.val_split, cfg.data.max_atoms,
+                                cfg.probes.structures)
+    if not crystals:
         return None
-    pick = np.unique(np.linspace(0, len(val) - 1, min(cfg.probes.structures, len(val))).astype(int))
-    crystals = [val[int(i)] for i in pick]
     sizes = np.flatnonzero(hist.numpy())
     return lambda model: coordflow_probes(model, crystals, sizes, cfg.probes.samples,
                                           cfg.probes.steps, cfg.probes.seed)
@@ -110,12 +110,7 @@ def _probe_fn(cfg: CoordFlowTrainConfig, hist: torch.Tensor):
 def train_coordflow(cfg: CoordFlowTrainConfig, *, resume: bool = True,
                     stop_after: int | None = None) -> dict[str, float]:
     """Train (or resume) the explicit-coordinate model; returns the last logged metrics."""
-    train = CrystalDataset(cfg.data.path, cfg.data.train_split, translate=cfg.data.translate,
-                           seed=cfg.run.seed, max_atoms=cfg.data.max_atoms)
-    val = CrystalDataset(cfg.data.path, cfg.data.val_split, max_atoms=cfg.data.max_atoms)
-    if len(train) == 0:
-        raise ValueError(f"{cfg.data.path}: no training structures with <= "
-                         f"{cfg.data.max_atoms} atoms")
+    train, val = split_datasets(cfg.data, cfg.run.seed)
     mean, std = lattice_statistics(train)
     cfg = dataclasses.replace(cfg, flow=dataclasses.replace(cfg.flow, log_len_mean=mean,
                                                             log_len_std=std))

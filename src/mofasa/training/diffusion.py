@@ -35,7 +35,7 @@ from mofasa.models.config import AutoencoderConfig
 from mofasa.models.denoiser import DenoiserConfig
 from mofasa.training.autoencoder import atom_count_histogram
 from mofasa.training.latent_cache import LatentCacheConfig, cache_statistics, open_latent_cache
-from mofasa.training.loop import DataConfig, OptimConfig, RunConfig, Trainer
+from mofasa.training.loop import DataConfig, OptimConfig, RunConfig, Trainer, split_datasets
 
 __all__ = ["DiffusionTrainConfig", "load_diffusion_config", "train_diffusion"]
 
@@ -110,14 +110,13 @@ def _probe_fn(cfg: DiffusionTrainConfig, hist: torch.Tensor
     """The probes on a fixed, evenly spread set of validation structures (None when off)."""
     if not cfg.probes.every:
         return None
-    from mofasa.training.probes import ProbeSet, run_probes
+    from mofasa.training.probes import ProbeSet, probe_structures, run_probes
 
-    val = CrystalDataset(cfg.data.path, cfg.data.val_split, max_atoms=cfg.data.max_atoms)
-    if len(val) == 0:
+    crystals = probe_structures(cfg.data.path, cfg.data.val_split, cfg.data.max_atoms,
+                                cfg.probes.structures)
+    if not crystals:
         return None
-    pick = np.linspace(0, len(val) - 1, min(cfg.probes.structures, len(val))).astype(int)
-    probes = ProbeSet([val[int(i)] for i in np.unique(pick)], np.flatnonzero(hist.numpy()),
-                      seed=cfg.probes.seed)
+    probes = ProbeSet(crystals, np.flatnonzero(hist.numpy()), seed=cfg.probes.seed)
     return lambda model: run_probes(model, probes, samples=cfg.probes.samples,
                                     steps=cfg.probes.steps)
 
@@ -133,12 +132,7 @@ def train_diffusion(cfg: DiffusionTrainConfig, autoencoder_path: str | Path | No
     Raises:
         ConfigError: no autoencoder given for a fresh run, or latent sizes that disagree.
     """
-    train = CrystalDataset(cfg.data.path, cfg.data.train_split, translate=cfg.data.translate,
-                           seed=cfg.run.seed, max_atoms=cfg.data.max_atoms)
-    val = CrystalDataset(cfg.data.path, cfg.data.val_split, max_atoms=cfg.data.max_atoms)
-    if len(train) == 0:
-        raise ValueError(f"{cfg.data.path}: no training structures with <= "
-                         f"{cfg.data.max_atoms} atoms")
+    train, val = split_datasets(cfg.data, cfg.run.seed)
     own = Path(cfg.run.out_dir) / "checkpoint.pt"
     torch.manual_seed(cfg.run.seed)
     if resume and checkpoint_exists(own):

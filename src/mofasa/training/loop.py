@@ -34,7 +34,7 @@ from mofasa.data.batch import CrystalBatch
 from mofasa.data.dataset import CrystalDataset, make_loader
 from mofasa.data.elements import VOCAB_SYMBOLS
 
-__all__ = ["DataConfig", "OptimConfig", "RunConfig", "Trainer"]
+__all__ = ["DataConfig", "OptimConfig", "RunConfig", "Trainer", "split_datasets"]
 
 # Extra-state entries that describe the weights rather than the training data: a warm start
 # takes them from its source so that the new checkpoints stay self-consistent.
@@ -82,6 +82,20 @@ class RunConfig:
     # (a full one or a slim weights-only one), new optimiser, step count from 0.
     init_from: str = ""
     init_keep_step: bool = False  # with init_from: continue the source's step (LR schedule)
+
+
+def split_datasets(data: DataConfig, seed: int) -> tuple[CrystalDataset, CrystalDataset]:
+    """(train split with its translation augmentation, val split) of ``data.path``, both
+    filtered to ``data.max_atoms``.
+
+    Raises:
+        ValueError: the training split holds no structure within the atom limit.
+    """
+    train = CrystalDataset(data.path, data.train_split, translate=data.translate, seed=seed,
+                           max_atoms=data.max_atoms)
+    if len(train) == 0:
+        raise ValueError(f"{data.path}: no training structures with <= {data.max_atoms} atoms")
+    return train, CrystalDataset(data.path, data.val_split, max_atoms=data.max_atoms)
 
 
 class _Distributed:

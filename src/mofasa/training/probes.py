@@ -29,10 +29,29 @@ from mofasa.data.quality import pooled_bonded_share
 from mofasa.diffusion.latent import LatentDiffusion
 from mofasa.diffusion.objectives import q_sample, x0_from_v
 
-__all__ = ["NEAR_RADIUS", "ProbeSet", "context_gap", "de_novo_bonded", "near_attention",
-           "run_probes", "sdedit_bonded"]
+__all__ = [
+    "NEAR_RADIUS",
+    "ProbeSet",
+    "context_gap",
+    "de_novo_bonded",
+    "near_attention",
+    "probe_structures",
+    "run_probes",
+    "sdedit_bonded",
+]
 
 NEAR_RADIUS = 2.0  # Å: "atoms within 2 Å" (bonded or nearly so)
+
+
+def probe_structures(path: str, split: str, max_atoms: int | None, count: int) -> list:
+    """Up to ``count`` structures spread evenly over a prepared split (empty if it is)."""
+    from mofasa.data.dataset import CrystalDataset
+
+    ds = CrystalDataset(path, split, max_atoms=max_atoms)
+    if len(ds) == 0:
+        return []
+    pick = np.unique(np.linspace(0, len(ds) - 1, min(count, len(ds))).astype(int))
+    return [ds[int(i)] for i in pick]
 
 
 class ProbeSet:
