@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import lru_cache
 from itertools import product
 from typing import Any
@@ -54,9 +55,11 @@ __all__ = [
     "LENGTH_RTOL",
     "NIGGLI_EPS",
     "PRIMITIVE_SYMPREC",
+    "CanonicalFrame",
     "bond_edges",
     "bond_graph",
     "canonicalize",
+    "canonicalize_mapped",
     "element_rank",
 ]
 
@@ -86,10 +89,38 @@ def canonicalize(crystal: Crystal, *, symprec: float = PRIMITIVE_SYMPREC) -> Cry
     Raises:
         CrystalError: ``canonicalization_failed`` if spglib cannot reduce the cell.
     """
+    return canonicalize_mapped(crystal, symprec=symprec)[0]
+
+
+@dataclass(frozen=True)
+class CanonicalFrame:
+    """How the canonical form relates to the input crystal.
+
+    Attributes:
+        sites: (N_in,) canonical index of every input site (translation-equivalent sites of a
+            non-primitive input share one index).
+        rotation: (3, 3) orthogonal matrix and ``origin`` (3,) Å: an input site's Cartesian
+            position is ``canonical_cart @ rotation + origin`` modulo the primitive lattice
+            (``canonical.lattice @ rotation``; the input lattice too when the input is primitive).
+    """
+
+    sites: np.ndarray
+    rotation: np.ndarray
+    origin: np.ndarray
+
+    def to_dict(self) -> dict[str, list]:
+        """JSON-ready lists."""
+        return {"sites": self.sites.tolist(), "rotation": self.rotation.tolist(),
+                "origin": self.origin.tolist()}
+
+
+def canonicalize_mapped(crystal: Crystal, *, symprec: float = PRIMITIVE_SYMPREC
+                        ) -> tuple[Crystal, CanonicalFrame]:
+    """`canonicalize` plus the map from the input's sites and frame (`CanonicalFrame`)."""
     lattice, frac = make_right_handed(crystal.lattice, crystal.frac)
     numbers = crystal.numbers
     try:
-        lattice, frac, numbers = _primitive(lattice, frac, numbers, symprec)
+        lattice, frac, numbers, site_class = _primitive(lattice, frac, numbers, symprec)
         lattice, frac = _niggli(lattice, frac)
     except (ValueError, np.linalg.LinAlgError) as exc:
         raise CrystalError("canonicalization_failed", str(exc), crystal.id) from exc
@@ -108,25 +139,34 @@ def canonicalize(crystal: Crystal, *, symprec: float = PRIMITIVE_SYMPREC) -> Cry
             order, grid = _order(ranks, hops, colours, rel)
             key = grid[order].astype(">i8").tobytes()  # big-endian: bytes order = numeric
             if best_key is None or key < best_key:
-                best_key, best = key, (cand_lat, rel[order], numbers[order])
-    cand_lat, out_frac, out_numbers = best
+                best_key, best = key, (cand_lat, rel[order], numbers[order], order,
+                                       cand_frac[root] @ cand_lat)
+    cand_lat, out_frac, out_numbers, order, origin = best
     standard = lattice_from_parameters(*lattice_to_parameters(cand_lat))
-    return Crystal(out_numbers, out_frac, standard, id=crystal.id, metadata=dict(crystal.metadata))
+    position = np.empty(len(order), dtype=np.int64)
+    position[order] = np.arange(len(order))  # canonical index of each primitive atom
+    # standard = cand_lat @ q with q orthogonal: canonical Cartesian = input Cartesian @ q
+    q = np.linalg.solve(cand_lat, standard)
+    frame = CanonicalFrame(sites=position[site_class], rotation=q.T, origin=origin)
+    out = Crystal(out_numbers, out_frac, standard, id=crystal.id, metadata=dict(crystal.metadata))
+    return out, frame
 
 
 # ---------------------------------------------------------------------------- cell reduction
 def _primitive(
     lattice: np.ndarray, frac: np.ndarray, numbers: np.ndarray, symprec: float
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Primitive cell, positions and numbers, and the primitive atom of each input site."""
     import spglib
 
+    identity = np.arange(len(numbers))
     dataset = _quiet(spglib.get_symmetry_dataset, (lattice, frac, numbers), symprec=symprec)
     if dataset is None:  # spglib could not analyse: keep the cell as given
-        return lattice, frac, numbers
+        return lattice, frac, numbers, identity
     mapping = np.asarray(dataset.mapping_to_primitive)
-    classes, first = np.unique(mapping, return_index=True)
+    classes, first, site_class = np.unique(mapping, return_index=True, return_inverse=True)
     if len(classes) == len(numbers):
-        return lattice, frac, numbers
+        return lattice, frac, numbers, identity
     prim = np.asarray(dataset.primitive_lattice, dtype=np.float64)  # input Cartesian frame
     expected = abs(np.linalg.det(lattice)) * len(classes) / len(numbers)
     if not np.isclose(abs(np.linalg.det(prim)), expected, rtol=1e-6):
@@ -135,7 +175,7 @@ def _primitive(
     cart = frac[first] @ lattice
     prim_frac = cart @ np.linalg.inv(prim)
     prim, prim_frac = make_right_handed(prim, prim_frac)
-    return prim, prim_frac, numbers[first]
+    return prim, prim_frac, numbers[first], site_class.reshape(-1)
 
 
 def _quiet(fn: Callable, *args: object, **kwargs: object) -> Any:
