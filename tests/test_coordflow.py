@@ -112,3 +112,23 @@ def test_training_resumes_and_the_checkpoint_samples(tmp_path_factory, tmp_path)
     with open(tmp_path / "cf" / "metrics.csv", newline="") as fh:
         probes = {r["name"] for r in csv.DictReader(fh) if r["split"] == "probe"}
     assert {"sdedit_bonded", "sdedit_floor", "denovo_bonded"} <= probes
+
+
+def test_pair_distances_and_the_overlap_penalty(example_crystals):
+    from mofasa.data.quality import nearest_neighbours
+    from mofasa.geometry.lattice_torch import pair_distances_torch
+
+    crystals = sorted(example_crystals, key=lambda c: c.num_atoms)[:3]
+    batch = collate(crystals, dtype=torch.float64)
+    d = pair_distances_torch(batch.frac, batch.lattice)
+    for k, c in enumerate(crystals):
+        n = c.num_atoms
+        off = d[k, :n, :n] + torch.eye(n, dtype=d.dtype) * 1e9
+        nn_dist = off.min(1).values.numpy()
+        assert np.allclose(nn_dist, nearest_neighbours(c)[0], atol=1e-6)
+    model = _tiny_model()
+    t = torch.ones(batch.batch_size, dtype=torch.float64)
+    assert float(model._overlap_penalty(batch.frac, batch, t)) == 0.0  # real: no overlaps
+    x = batch.frac.clone()
+    x[0, 1] = x[0, 0] + 0.001  # two atoms on one site
+    assert float(model._overlap_penalty(x, batch, t)) > 0.0

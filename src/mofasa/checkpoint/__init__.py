@@ -17,6 +17,7 @@ from mofasa.checkpoint.files import (
 from mofasa.checkpoint.models import (
     build_diffusion,
     default_model_path,
+    export_coordflow,
     export_diffusion,
     extract_autoencoder,
     load_any_autoencoder,
@@ -34,6 +35,7 @@ __all__ = [
     "build_diffusion",
     "checkpoint_exists",
     "default_model_path",
+    "export_coordflow",
     "export_diffusion",
     "extract_autoencoder",
     "load_any_autoencoder",

@@ -30,6 +30,7 @@ __all__ = [
     "DIFFUSION_KIND",
     "build_diffusion",
     "default_model_path",
+    "export_coordflow",
     "export_diffusion",
     "extract_autoencoder",
     "load_any_autoencoder",
@@ -41,6 +42,7 @@ __all__ = [
 ]
 
 DIFFUSION_KIND = "diffusion"
+COORDFLOW_KIND = "coordflow"
 AUTOENCODER_KIND = "autoencoder"
 
 
@@ -144,12 +146,17 @@ def _trained_max_atoms(ckpt: dict) -> int | None:
     return int(data["max_atoms"]) if data.get("max_atoms") else None
 
 
-def load_model(model: str | Path | LatentDiffusion = "default", device: str = "auto"
-               ) -> LatentDiffusion:
-    """``"default"``, a checkpoint path, or a model -> a `LatentDiffusion` in eval mode."""
-    if isinstance(model, LatentDiffusion):
+def load_model(model: str | Path | LatentDiffusion | CoordFlow = "default",
+               device: str = "auto") -> LatentDiffusion | CoordFlow:
+    """``"default"``, a checkpoint path, or a model -> the model in eval mode, of either
+    family (the checkpoint's ``kind`` says which: ``diffusion`` latent, ``coordflow``
+    explicit coordinates)."""
+    if isinstance(model, (LatentDiffusion, CoordFlow)):
         return model.to(resolve_device(device)).eval()
-    return load_diffusion(_model_path(model), device=device)
+    path = _model_path(model)
+    if load_checkpoint(path, map_location="cpu").get("kind") == COORDFLOW_KIND:
+        return load_coordflow(path, device=device)
+    return load_diffusion(path, device=device)
 
 
 def load_any_autoencoder(checkpoint: str | Path, device: str | torch.device = "cpu"
@@ -265,6 +272,21 @@ def export_diffusion(checkpoint: str | Path, out: str | Path, *, bf16: bool = Tr
     return Path(out)
 
 
+def export_coordflow(checkpoint: str | Path, out: str | Path, *, bf16: bool = True) -> Path:
+    """Write a sampling-only copy of a coordinate-family checkpoint: EMA weights (bf16
+    unless ``bf16=False``; loading casts back to fp32), config, step, data statistics."""
+    ckpt = load_checkpoint(checkpoint)
+    _check_kind(ckpt, checkpoint, COORDFLOW_KIND)
+    state = {k: v.to(torch.bfloat16) if bf16 and v.is_floating_point() else v
+             for k, v in ckpt["ema"].items()}
+    keep = ("kind", "mofasa_version", "config", "step", "cumulative_step", "init_from",
+            "data_stats")
+    payload = {k: ckpt[k] for k in keep if k in ckpt}
+    payload["ema"] = state
+    save_checkpoint(payload, out)
+    return Path(out)
+
+
 def extract_autoencoder(checkpoint: str | Path, out: str | Path) -> Path:
     """Write the autoencoder a diffusion checkpoint embeds (EMA weights, fp32) as an autoencoder
     checkpoint of its own, e.g. to train a new denoiser on the bundled model's latents.
@@ -299,7 +321,7 @@ def load_coordflow(path: str | Path, *, ema: bool = True, device: str | torch.de
     from mofasa.models.coord_denoiser import CoordDenoiser, CoordDenoiserConfig
 
     ckpt = load_checkpoint(path, map_location="cpu")
-    _check_kind(ckpt, path, "coordflow")
+    _check_kind(ckpt, path, COORDFLOW_KIND)
     cfg = ckpt["config"]
     model = CoordFlow(CoordDenoiser(from_dict(CoordDenoiserConfig, cfg["model"], "model")),
                       from_dict(CoordFlowConfig, cfg["flow"], "flow"),
@@ -308,4 +330,5 @@ def load_coordflow(path: str | Path, *, ema: bool = True, device: str | torch.de
     model.load_state_dict({k: v.float() if v.is_floating_point() else v
                            for k, v in state.items()})
     model.checkpoint_info = {"path": str(path), "step": int(ckpt["step"]), "config": cfg}
+    model.data_stats = dict(ckpt["data_stats"])
     return model.to(resolve_device(device)).eval()

@@ -19,13 +19,20 @@ nearest code among the real elements, positions and lattice are read directly (n
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
 from mofasa.data.batch import CrystalBatch
-from mofasa.geometry.lattice_torch import min_image_frac_torch, wrap_frac_torch
+from mofasa.data.elements import COVALENT_RADII
+from mofasa.diffusion.conditions import ConditionBatch, ConditionMix, training_conditions
+from mofasa.geometry.lattice_torch import (
+    min_image_frac_torch,
+    pair_distances_torch,
+    wrap_frac_torch,
+)
 from mofasa.models.coord_denoiser import CoordDenoiser, LatticeCoder, batch_state, type_codes
 
 __all__ = ["CoordFlow", "CoordFlowConfig"]
@@ -44,6 +51,10 @@ class CoordFlowConfig:
         steps: default sampling steps.
         grid_power: sampling grid t_k = 1 - (1 - k / steps)^grid_power (> 1: denser near 1).
         log_len_mean, log_len_std: statistics of log(length / N^(1/3)) for the lattice code.
+        mix: training task shares of a conditional denoiser (`ConditionMix`).
+        overlap_weight: weight of a hinge penalty on pairs of the predicted clean structure
+            closer than ``max(0.8 Å, 0.7 (r_i + r_j))`` (Cordero radii; no QMOF pair is),
+            weighted by t (0: off). Samples otherwise keep collapsing atoms onto one site.
     """
 
     time_power: float = 0.5
@@ -54,6 +65,8 @@ class CoordFlowConfig:
     grid_power: float = 2.0
     log_len_mean: float = 0.87
     log_len_std: float = 0.25
+    mix: ConditionMix = field(default_factory=ConditionMix)
+    overlap_weight: float = 0.0
 
     def __post_init__(self) -> None:
         if not (self.time_power > 0 and 0 < self.t_max <= 1 and self.steps >= 1
@@ -76,6 +89,8 @@ class CoordFlow(nn.Module):
         self.denoiser, self.config = denoiser, config
         self.coder = LatticeCoder(config.log_len_mean, config.log_len_std)
         self.register_buffer("codes", type_codes(denoiser.config.type_bits), persistent=False)
+        self.register_buffer("radii", torch.as_tensor(COVALENT_RADII, dtype=torch.float32),
+                             persistent=False)
         hist = num_atoms_hist if num_atoms_hist is not None else torch.zeros(0, dtype=torch.long)
         self.register_buffer("num_atoms_hist", hist.long(), persistent=False)
 
@@ -94,26 +109,88 @@ class CoordFlow(nn.Module):
         lt = (1 - t.view(-1, 1)) * torch.randn_like(l1) + t.view(-1, 1) * l1  # (B, 6)
         return (xt, ct, lt), (x1, c1, l1)
 
+    @property
+    def conditional(self) -> bool:
+        return bool(getattr(getattr(self.denoiser, "config", None), "conditional", False))
+
+    def clamp(self, state: tuple[torch.Tensor, ...], cond: ConditionBatch | None,
+              n: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The state with what the condition gives written in: kept coordinates, fixed
+        elements' type codes and a given lattice."""
+        x, c, lcode = state
+        if cond is None:
+            return x, c, lcode
+        x = torch.where(cond.keep.unsqueeze(-1), cond.frac.to(x.dtype), x)
+        fixed = cond.fixed_types().unsqueeze(-1)  # (B, N, 1)
+        c = torch.where(fixed, self.codes[cond.allowed.argmax(-1)].to(c.dtype), c)
+        if cond.has_lattice.any():
+            given = self.coder.encode(cond.lattice.to(lcode.dtype), n)  # (B, 6)
+            lcode = torch.where(cond.has_lattice.unsqueeze(-1), given, lcode)
+        return x, c, lcode
+
+    def denoise(self, state: tuple[torch.Tensor, ...], t: torch.Tensor, mask: torch.Tensor,
+                cond: ConditionBatch | None = None, guidance: float = 1.0
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Clean-state predictions at time t, with classifier-free guidance when a condition
+        is given and ``guidance`` != 1: p_null + w (p_cond - p_null) (the velocity is affine in
+        the prediction at a fixed state, so this guides the velocity the same way)."""
+        x, c, lcode = state
+        lat = self.coder.decode(lcode, mask.sum(1))
+        if not self.conditional:
+            if cond is not None and not cond.is_null():
+                raise ValueError("this model was not trained with conditions")
+            return self.denoiser(x, c, lcode, lat, t, mask)
+        inputs = None if cond is None else {
+            "allowed": cond.allowed, "features": cond.features(), "hops": cond.hops,
+            "keep": cond.keep}
+        out = self.denoiser(x, c, lcode, lat, t, mask, cond=inputs)
+        if cond is None or guidance == 1.0:
+            return out
+        null = self.denoiser(x, c, lcode, lat, t, mask, cond=None)
+        return tuple(u + guidance * (v - u) for u, v in zip(null, out, strict=True))
+
     def forward(self, batch: CrystalBatch) -> tuple[torch.Tensor, dict[str, float]]:
-        """Training loss ``(scalar, metrics)``."""
+        """Training loss ``(scalar, metrics)``; a conditional model draws one task per
+        structure (`ConditionMix`) and is scored only on what the condition does not give."""
         mask = batch.mask
         B = mask.shape[0]
         u = torch.rand(B, device=mask.device)  # (B,)
         t = u.pow(self.config.time_power) * self.config.t_max  # (B,)
-        (xt, ct, lt), (x1, c1, l1) = self._noised(batch, t)
-        lat_t = self.coder.decode(lt, batch.num_atoms)  # (B, 3, 3)
-        d_hat, c_hat, l_hat = self.denoiser(xt, ct, lt, lat_t, t, mask)
-        d_true = min_image_frac_torch(x1 - xt)  # (B, N, 3)
+        state, (x1, c1, l1) = self._noised(batch, t)
+        cond = None
+        if self.conditional:
+            cond, _ = training_conditions(batch.atom_types, x1, batch.lattice, mask,
+                                          self.config.mix, None)
+            state = self.clamp(state, cond, batch.num_atoms)
+        d_hat, c_hat, l_hat = self.denoise(state, t, mask, cond)
+        d_true = min_image_frac_torch(x1 - state[0])  # (B, N, 3)
         err = ((d_hat - d_true).unsqueeze(-2) @ batch.lattice.unsqueeze(1)).squeeze(-2)  # Å
-        m = mask.to(err.dtype)  # (B, N)
-        count = m.sum().clamp(min=1)
-        loss_x = (err.square().sum(-1) * m).sum() / count  # () Å^2 per atom
-        loss_c = ((c_hat - c1).square().mean(-1) * m).sum() / count  # ()
-        loss_l = (l_hat - l1).square().mean()  # ()
+        m_x, m_c = mask, mask
+        m_l = torch.ones(B, dtype=torch.bool, device=mask.device)
+        if cond is not None:  # given parts are not scored
+            m_x, m_c, m_l = mask & ~cond.keep, mask & ~cond.fixed_types(), ~cond.has_lattice
+        loss_x = _masked_mean(err.square().sum(-1), m_x)  # () Å^2 per atom
+        loss_c = _masked_mean((c_hat - c1).square().mean(-1), m_c)  # ()
+        loss_l = _masked_mean((l_hat - l1).square().mean(-1), m_l)  # ()
         loss = loss_x + self.config.type_weight * loss_c + self.config.lattice_weight * loss_l
         metrics = {"loss_coord": loss_x, "loss_type": loss_c, "loss_lattice": loss_l}
+        if self.config.overlap_weight > 0:
+            pen = self._overlap_penalty(state[0] + d_hat, batch, t)
+            loss = loss + self.config.overlap_weight * pen
+            metrics["loss_overlap"] = pen
         values = torch.stack([v.detach().float() for v in metrics.values()]).tolist()
         return loss, dict(zip(metrics, values, strict=True))
+
+    def _overlap_penalty(self, x_hat: torch.Tensor, batch: CrystalBatch, t: torch.Tensor
+                         ) -> torch.Tensor:
+        """sum over pairs of t * relu(d_min - d_ij)^2 of the predicted clean coordinates
+        (through the true lattice), per atom (Å^2)."""
+        d = pair_distances_torch(x_hat, batch.lattice)  # (B, N, N)
+        r = self.radii[batch.atom_types]  # (B, N)
+        d_min = (0.7 * (r.unsqueeze(1) + r.unsqueeze(2))).clamp(min=0.8)  # (B, N, N)
+        pair = batch.mask.unsqueeze(1) & batch.mask.unsqueeze(2)
+        pen = torch.relu(d_min - d).square() * pair * t.view(-1, 1, 1)
+        return pen.sum() / batch.mask.sum().clamp(min=1)
 
     def time_grid(self, steps: int) -> list[float]:
         """t_0 = 0 < ... < t_steps = 1, denser near 1."""
@@ -122,33 +199,90 @@ class CoordFlow(nn.Module):
 
     @torch.no_grad()
     def generate(self, mask: torch.Tensor, ids: list[str | None] | None = None, *,
-                 steps: int | None = None, generator: torch.Generator | None = None
-                 ) -> CrystalBatch:
-        """Sample crystals with the atom counts of ``mask`` ((B, N) bool, real atoms first)."""
+                 steps: int | None = None, generator: torch.Generator | None = None,
+                 noise_fn: Callable[[], tuple[torch.Tensor, ...]] | None = None,
+                 cond: ConditionBatch | None = None, guidance: float = 1.0,
+                 diagnostics: dict[str, torch.Tensor] | None = None) -> CrystalBatch:
+        """Sample crystals with the atom counts of ``mask`` ((B, N) bool, real atoms first).
+
+        Args:
+            mask: (B, N) bool.
+            ids: B identifiers.
+            steps: Euler steps (default: the config's).
+            generator: draws the initial state (unused with ``noise_fn``).
+            noise_fn: returns the initial ``(frac (B, N, 3) in [0, 1), type codes
+                (B, N, bits), lattice code (B, 6))`` (per-structure reproducible noise).
+            cond: conditions (None: unconditional); kept atoms, fixed elements and a given
+                lattice are written into the state at every step and into the output.
+            guidance: classifier-free guidance scale (1: none).
+            diagnostics: if a dict, filled with ``free_types`` (B, N): the elements the
+                model's last type prediction decodes to without the condition's restriction,
+                and ``kept_drift`` (B,) Å: RMS over kept atoms of the displacement the model
+                predicts for them at the last step (how far it would move them if they were
+                not held; 0 where none are kept).
+        """
         B, N = mask.shape
         dev = mask.device
         m = mask.unsqueeze(-1).float()  # (B, N, 1)
         bits = self.codes.shape[1]
-        x = torch.rand(B, N, 3, generator=generator).to(dev) * m
-        c = torch.randn(B, N, bits, generator=generator).to(dev) * m
-        lcode = torch.randn(B, 6, generator=generator).to(dev)
+        if noise_fn is not None:
+            x, c, lcode = (v.to(dev) for v in noise_fn())
+        else:
+            x = torch.rand(B, N, 3, generator=generator).to(dev)
+            c = torch.randn(B, N, bits, generator=generator).to(dev)
+            lcode = torch.randn(B, 6, generator=generator).to(dev)
+        x, c = x * m, c * m
         n = mask.sum(1)  # (B,)
+        cond = cond.to(dev) if cond is not None else None
+        state = self.clamp((x, c, lcode), cond, n)
         grid = self.time_grid(steps or self.config.steps)
+        drift = None
         for t, tn in itertools.pairwise(grid):
             tt = torch.full((B,), t, device=dev)
-            d_hat, c_hat, l_hat = self.denoiser(x, c, lcode, self.coder.decode(lcode, n), tt,
-                                                mask)
+            d_hat, c_hat, l_hat = self.denoise(state, tt, mask, cond, guidance)
+            if diagnostics is not None and cond is not None:
+                drift = self._kept_drift(d_hat, state[2], cond, n)
+            x, c, lcode = state
             r = (tn - t) / (1.0 - t)  # the fraction of the remaining way this step covers
             x = wrap_frac_torch(x + r * d_hat) * m
             c = (c + r * (c_hat - c)) * m
             lcode = lcode + r * (l_hat - lcode)
-        return self._to_batch(x, c, lcode, mask, ids)
+            state = self.clamp((x, c, lcode), cond, n)
+        if diagnostics is not None:
+            diagnostics["free_types"] = self.decode_types(c_hat, mask)
+            diagnostics["kept_drift"] = drift if drift is not None else torch.zeros(B)
+        return self._to_batch(*state, mask, ids, cond)
 
-    def _to_batch(self, x: torch.Tensor, c: torch.Tensor, lcode: torch.Tensor,
-                  mask: torch.Tensor, ids: list[str | None] | None) -> CrystalBatch:
+    def _kept_drift(self, d_hat: torch.Tensor, lcode: torch.Tensor, cond: ConditionBatch,
+                    n: torch.Tensor) -> torch.Tensor:
+        """(B,) RMS Å of the predicted displacement over kept atoms (0 without any)."""
+        lat = self.coder.decode(lcode, n)  # (B, 3, 3)
+        cart = (d_hat.unsqueeze(-2) @ lat.unsqueeze(1)).squeeze(-2)  # (B, N, 3)
+        k = cond.keep.to(cart.dtype)
+        return ((cart.square().sum(-1) * k).sum(1) / k.sum(1).clamp(min=1)).sqrt()
+
+    def decode_types(self, c: torch.Tensor, mask: torch.Tensor,
+                     cond: ConditionBatch | None = None) -> torch.Tensor:
+        """(B, N) nearest real element to each type code; within the allowed elements where
+        the condition restricts them."""
         codes = self.codes[1:]  # real elements only (token 0 is padding)
         dist = (c.unsqueeze(-2) - codes).square().sum(-1)  # (B, N, 100)
-        types = (dist.argmin(-1) + 1) * mask  # (B, N)
+        if cond is not None:
+            allowed = cond.allowed[..., 1:] > 0  # (B, N, 100)
+            given = allowed.any(-1, keepdim=True)
+            dist = torch.where(given & ~allowed, torch.inf, dist)
+        return (dist.argmin(-1) + 1) * mask  # (B, N)
+
+    def _to_batch(self, x: torch.Tensor, c: torch.Tensor, lcode: torch.Tensor,
+                  mask: torch.Tensor, ids: list[str | None] | None,
+                  cond: ConditionBatch | None = None) -> CrystalBatch:
+        types = self.decode_types(c, mask, cond)
         n = mask.sum(1)
         return CrystalBatch(atom_types=types.long(), frac=x, lattice=self.coder.decode(lcode, n),
                             mask=mask, num_atoms=n.long(), ids=list(ids or [None] * len(n)))
+
+
+def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of ``values`` over the True entries of ``mask`` (same leading shape)."""
+    m = mask.to(values.dtype)
+    return (values * m).sum() / m.sum().clamp(min=1)

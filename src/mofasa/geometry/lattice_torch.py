@@ -14,6 +14,8 @@ prediction must give a finite value, not an exception.
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 
 __all__ = [
@@ -22,6 +24,7 @@ __all__ = [
     "lattice_from_parameters_torch",
     "lattice_to_parameters_torch",
     "min_image_frac_torch",
+    "pair_distances_torch",
     "scaled_lattice_parameters_torch",
     "volume_torch",
     "wrap_frac_torch",
@@ -168,3 +171,32 @@ def min_image_frac_torch(dfrac: torch.Tensor) -> torch.Tensor:
         Same shape and dtype, values in [-1/2, 1/2].
     """
     return dfrac - torch.round(dfrac.detach())  # like dfrac
+
+
+def pair_distances_torch(frac: torch.Tensor, lattice: torch.Tensor) -> torch.Tensor:
+    """(B, N, N) shortest periodic distances (Å) between atoms i and j, differentiable.
+
+    The shortest of the 27 images around the minimum-image displacement, taken one image at a
+    time so memory stays (B, N, N); exact whenever the shortest image lies among them, which
+    holds for distances below the cell's smallest interplanar spacing (the pairs that matter
+    for bonds and overlaps). The diagonal is the shortest lattice vector, not 0.
+
+    Args:
+        frac: (B, N, 3) fractional coordinates (any real values).
+        lattice: (B, 3, 3) row-vector cells in Å.
+    """
+    B, N, _ = frac.shape
+    diff = frac.unsqueeze(1) - frac.unsqueeze(2)  # (B, N, N, 3): x_j - x_i
+    diff = diff - diff.detach().round()
+    best = None
+    for shift in itertools.product((-1.0, 0.0, 1.0), repeat=3):
+        if shift == (0.0, 0.0, 0.0):
+            # the zero shift of i == j is the atom itself: use its nearest image instead
+            cart = (diff.flatten(1, 2) @ lattice).view(B, N, N, 3)
+            d = cart.square().sum(-1)
+            d = d + torch.eye(N, dtype=d.dtype, device=d.device) * 1e12
+        else:
+            s = torch.tensor(shift, dtype=frac.dtype, device=frac.device)
+            d = ((diff + s).flatten(1, 2) @ lattice).view(B, N, N, 3).square().sum(-1)
+        best = d if best is None else torch.minimum(best, d)
+    return best.clamp(min=1e-12).sqrt()

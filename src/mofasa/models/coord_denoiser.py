@@ -42,6 +42,10 @@ class CoordDenoiserConfig:
         type_bits: width of the analog-bit type code (2^bits >= the 101 tokens).
         time_embed_dim: sinusoidal time features.
         pair_frequencies: Fourier frequencies of the pair terms.
+        conditional: take conditions (allowed elements per atom, per-crystal features, bond
+            hop classes, kept atoms); see `mofasa.diffusion.conditions`.
+        condition_features: width of the per-crystal condition features.
+        hop_classes: number of bond-graph distance classes (0: none given).
     """
 
     local: BackboneConfig = field(
@@ -54,6 +58,9 @@ class CoordDenoiserConfig:
     type_bits: int = 7
     time_embed_dim: int = 128
     pair_frequencies: int = 4
+    conditional: bool = False
+    condition_features: int = 206
+    hop_classes: int = 6
 
     def __post_init__(self) -> None:
         if self.local.local != "knn" or self.dense.local != "dense":
@@ -123,9 +130,27 @@ class CoordDenoiser(nn.Module):
         self.edge_out = nn.Linear(D, 1)
         self.type_out = nn.Linear(D, c.type_bits)
         self.lattice_out = nn.Linear(D, 6)
+        if c.conditional:
+            self._build_conditions(D)
+
+    def _build_conditions(self, D: int) -> None:
+        c = self.config
+        # per atom: its allowed elements (row-normalised multi-hot) and a "kept" vector
+        self.allowed_in = nn.Linear(101, D, bias=False)
+        self.keep_vec = nn.Parameter(torch.zeros(D))
+        # per crystal: composition, present elements and flags, into the adaLN condition;
+        # zero-initialised so that conditioning starts as the unconditional model
+        self.cond_in = nn.Sequential(nn.Linear(c.condition_features, D), nn.SiLU(),
+                                     nn.Linear(D, D))
+        nn.init.zeros_(self.cond_in[2].weight)
+        nn.init.zeros_(self.cond_in[2].bias)
+        # bond-graph distance classes: edge features of the k-NN step and attention bias
+        self.hop_edge = nn.Embedding(c.hop_classes, c.rbf_size, padding_idx=0)
+        self.hop_bias = nn.Embedding(c.hop_classes, c.dense.heads, padding_idx=0)
 
     def forward(self, frac: torch.Tensor, types: torch.Tensor, lattice_code: torch.Tensor,
-                lattice: torch.Tensor, t: torch.Tensor, mask: torch.Tensor
+                lattice: torch.Tensor, t: torch.Tensor, mask: torch.Tensor,
+                cond: dict[str, torch.Tensor] | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Clean-state predictions for the three parts of the state.
 
@@ -136,6 +161,9 @@ class CoordDenoiser(nn.Module):
             lattice: (B, 3, 3) the lattice they decode to (Å).
             t: (B,) times in [0, 1] (0: noise, 1: data).
             mask: (B, N) bool.
+            cond: conditions (a conditional denoiser only; None or all zeros: none):
+                ``allowed`` (B, N, 101), ``features`` (B, F), ``hops`` (B, N, N) long,
+                ``keep`` (B, N) bool.
 
         Returns:
             ``(d_frac (B, N, 3), types (B, N, bits), lattice (B, 6))``, zeros at padding.
@@ -148,13 +176,43 @@ class CoordDenoiser(nn.Module):
         c = self.time_embed(temb.to(self.type_in.weight.dtype))  # (B, D)
         h = self.type_in(types) * m  # (B, N, D)
         g = self.lattice_in(lattice_code)  # (B, D)
+        hops = None
+        if self.config.conditional:
+            if cond is None:  # no condition: the all-zero (null) condition
+                cond = self.null_condition(B, N, frac.device)
+            h, c, edge_attr, hops = self._condition(h, c, edge_attr, graph, cond, m, N)
         h, g = self.local(h, g, mask, edge_index=graph.edge_index, edge_attr=edge_attr, cond=c,
                           context=lattice_code)  # (B, N, D), (B, D)
         if self.dense is not None and self.pair_bias is not None:
             bias = self.pair_bias(frac, lattice).to(h.dtype)  # (B, H, N, N), once per forward
+            if hops is not None:
+                bias = bias + self.hop_bias(hops).permute(0, 3, 1, 2).to(h.dtype)
             h, g = self.dense(h, g, mask, cond=c, context=lattice_code, attn_bias=bias)
         v_frac = self._coordinate_velocity(h, graph, edge_attr, frac, B, N) * m  # (B, N, 3)
         return v_frac, self.type_out(h) * m, self.lattice_out(g)
+
+    def null_condition(self, batch_size: int, n: int, device: torch.device
+                       ) -> dict[str, torch.Tensor]:
+        """The all-zero condition (what unconditional rows train with)."""
+        return {"allowed": torch.zeros(batch_size, n, 101, device=device),
+                "features": torch.zeros(batch_size, self.config.condition_features,
+                                        device=device),
+                "hops": torch.zeros(batch_size, n, n, dtype=torch.long, device=device),
+                "keep": torch.zeros(batch_size, n, dtype=torch.bool, device=device)}
+
+    def _condition(self, h: torch.Tensor, c: torch.Tensor, edge_attr: torch.Tensor,
+                   graph: object, cond: dict[str, torch.Tensor], m: torch.Tensor, N: int
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Add the conditions to the atom states, the adaLN vector and the edge features."""
+        allowed = cond["allowed"].to(h.dtype)  # (B, N, 101)
+        allowed = allowed / allowed.sum(-1, keepdim=True).clamp(min=1.0)
+        keep = cond["keep"].unsqueeze(-1).to(h.dtype)  # (B, N, 1)
+        h = h + (self.allowed_in(allowed) + keep * self.keep_vec) * m  # (B, N, D)
+        c = c + self.cond_in(cond["features"].to(c.dtype))  # (B, D)
+        hops = cond["hops"]  # (B, N, N)
+        i, j = graph.edge_index  # (E,) into B * N
+        edge_attr = edge_attr + self.hop_edge(hops.flatten()[i * N + j % N]).to(edge_attr.dtype)
+        return h, c, edge_attr, hops
 
     def _coordinate_velocity(self, h: torch.Tensor, graph: object, edge_attr: torch.Tensor,
                              frac: torch.Tensor, B: int, N: int) -> torch.Tensor:

@@ -15,8 +15,9 @@ import numpy as np
 import torch
 
 from mofasa.config import load_config, to_dict
+from mofasa.data.atom_counts import AtomCountModel
 from mofasa.data.dataset import CrystalDataset
-from mofasa.data.quality import pooled_bonded_share
+from mofasa.data.quality import nearest_neighbours, pooled_bonded_share
 from mofasa.diffusion.coordflow import CoordFlow, CoordFlowConfig
 from mofasa.models.coord_denoiser import CoordDenoiser, CoordDenoiserConfig
 from mofasa.training.autoencoder import atom_count_histogram
@@ -24,8 +25,8 @@ from mofasa.training.diffusion import ProbeConfig
 from mofasa.training.loop import DataConfig, OptimConfig, RunConfig, Trainer, split_datasets
 from mofasa.training.probes import probe_structures
 
-__all__ = ["CoordFlowTrainConfig", "coordflow_probes", "load_coordflow_config",
-           "train_coordflow"]
+__all__ = ["CoordFlowTrainConfig", "coordflow_probes", "data_stats", "load_coordflow_config",
+           "structure_numbers", "train_coordflow"]
 
 KIND = "coordflow"
 
@@ -49,6 +50,22 @@ def load_coordflow_config(source: str | Path | dict | None,
     return load_config(CoordFlowTrainConfig, source, overrides, kind=KIND)
 
 
+def structure_numbers(ds: CrystalDataset) -> list[np.ndarray]:
+    """(N_i,) atomic numbers of every structure of a split (no coordinates read)."""
+    numbers, offsets = np.asarray(ds._numbers), np.asarray(ds._offsets)
+    return [numbers[offsets[j]:offsets[j + 1]].astype(np.int64) for j in ds._index]
+
+
+def data_stats(ds: CrystalDataset, max_atoms: int | None) -> dict:
+    """What sampling needs from the training split: the atom-count histogram, p(N | condition)
+    (`AtomCountModel`) and the elements seen (the conditions' vocabulary)."""
+    numbers = structure_numbers(ds)
+    seen = np.unique(np.concatenate(numbers)) if numbers else np.zeros(0, np.int64)
+    return {"num_atoms_hist": atom_count_histogram(ds, max_atoms), "n_train": len(ds),
+            "atom_counts": AtomCountModel.fit(numbers).to_dict(),
+            "elements_seen": [int(z) for z in seen]}
+
+
 def lattice_statistics(ds: CrystalDataset) -> tuple[float, float]:
     """Mean and std of log(length / N^(1/3)) over the split's cells (all three lengths)."""
     params = np.asarray(ds._lattice)[ds._index]  # (S, 6) a, b, c, alpha, beta, gamma
@@ -61,7 +78,8 @@ def lattice_statistics(ds: CrystalDataset) -> tuple[float, float]:
 def coordflow_probes(model: CoordFlow, crystals: list, sizes: np.ndarray, samples: int,
                      steps: int, seed: int, t0: float = 0.8) -> dict[str, float]:
     """SDEdit from t0 (the real structures noised, integrated back) with its floor (the
-    noised input itself), and the pooled bonded share of de novo samples."""
+    noised input itself); the pooled bonded share of de novo samples and their share with a
+    pair closer than 0.8 Å. A conditional model is probed on its unconditional path."""
     from mofasa.data.batch import collate
 
     was = model.training
@@ -91,6 +109,8 @@ def coordflow_probes(model: CoordFlow, crystals: list, sizes: np.ndarray, sample
             mask = torch.ones(int((counts == n).sum()), int(n), dtype=torch.bool)
             made += model.generate(mask.to(model.device), steps=steps, generator=g).unbatch()
         out["denovo_bonded"] = pooled_bonded_share(made)
+        out["denovo_pair_below_0.8A"] = float(np.mean(
+            [(nearest_neighbours(c)[0] < 0.8).any() for c in made]))
     model.train(was)
     return out
 
@@ -115,11 +135,11 @@ def train_coordflow(cfg: CoordFlowTrainConfig, *, resume: bool = True,
     cfg = dataclasses.replace(cfg, flow=dataclasses.replace(cfg.flow, log_len_mean=mean,
                                                             log_len_std=std))
     torch.manual_seed(cfg.run.seed)
-    hist = atom_count_histogram(train, cfg.data.max_atoms)
+    stats = data_stats(train, cfg.data.max_atoms)
+    hist = stats["num_atoms_hist"]
     model = CoordFlow(CoordDenoiser(cfg.model), cfg.flow, hist)
     trainer = Trainer(model, kind=KIND, config=to_dict(cfg), data=cfg.data, optim=cfg.optim,
-                      run=cfg.run, extra_state={"data_stats": {"num_atoms_hist": hist,
-                                                               "n_train": len(train)}},
+                      run=cfg.run, extra_state={"data_stats": stats},
                       probe_fn=_probe_fn(cfg, hist), probe_every=cfg.probes.every)
     if resume:
         trainer.resume()

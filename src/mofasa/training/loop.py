@@ -82,6 +82,9 @@ class RunConfig:
     # (a full one or a slim weights-only one), new optimiser, step count from 0.
     init_from: str = ""
     init_keep_step: bool = False  # with init_from: continue the source's step (LR schedule)
+    # with init_from: modules the source lacks (e.g. newly added condition inputs) keep their
+    # fresh initialisation; without it every parameter must come from the source
+    init_allow_new: bool = False
 
 
 def split_datasets(data: DataConfig, seed: int) -> tuple[CrystalDataset, CrystalDataset]:
@@ -269,9 +272,16 @@ class Trainer:
         ema_state = ckpt.get("ema") or model_state
         if not model_state:
             raise ValueError(f"{path}: no model or ema weights to start from")
-        # strict: a sampling-only export (encoder dropped) cannot be trained on
-        self.model.load_state_dict(model_state)
-        self.ema.load_state_dict(ema_state)
+        # strict unless new modules are allowed: a sampling-only export (encoder dropped)
+        # cannot be trained on; unexpected keys are always an error
+        strict = not self.run_cfg.init_allow_new
+        missing, unexpected = self.model.load_state_dict(model_state, strict=strict)
+        self.ema.load_state_dict(ema_state, strict=strict)
+        if unexpected:
+            raise ValueError(f"{path}: weights this model does not have: {unexpected[:5]}")
+        if missing and self.dist.main:
+            print(f"warm start: {len(missing)} new tensors keep their initialisation "
+                  f"({', '.join(sorted({k.rsplit('.', 1)[0] for k in missing})[:6])})")
         src_step = int(ckpt.get("step", 0))
         src_total = int(ckpt.get("cumulative_step", src_step))
         self.step = src_step if self.run_cfg.init_keep_step else 0
