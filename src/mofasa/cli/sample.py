@@ -13,7 +13,7 @@ def add_sample_parser(commands: argparse._SubParsersAction) -> None:
     """Add ``sample`` to the top-level subparsers."""
     p = commands.add_parser(
         "sample",
-        help="generate crystals with a latent diffusion model",
+        help="generate crystals (unconditionally or from conditions)",
         description=(
             "Sample structures and write OUT/cifs/*.cif and an ASE database OUT/samples.db "
             "(one row per structure). Structure i depends only on (seed, i), and structures "
@@ -35,6 +35,23 @@ def add_sample_parser(commands: argparse._SubParsersAction) -> None:
                    help="deterministic DDIM or ancestral DDPM (default: the model's)")
     p.add_argument("--guidance", type=float, default=1.0,
                    help="classifier-free guidance scale (needs a condition; 1: none)")
+    c = p.add_argument_group("conditions (one at a time; the model must be trained with them)")
+    c.add_argument("--formula", default=None,
+                   help="exact composition, e.g. 'Zn4O13C24H12' (any order, spaces, explicit "
+                   "1); N is its atom count")
+    c.add_argument("--elements", default=None,
+                   help="exactly these elements, e.g. Zn,C,H,O; N drawn from p(N | elements)")
+    c.add_argument("--metal", default=None,
+                   help="this metal with any non-metals, e.g. Zn; N drawn from p(N | metal)")
+    c.add_argument("--bonds-from", default=None, metavar="REF.cif",
+                   help="the formula and bond graph of a reference structure")
+    c.add_argument("--inpaint", default=None, metavar="REF.cif",
+                   help="keep part of a reference (with --keep) and generate the rest")
+    c.add_argument("--keep", default=None,
+                   help="with --inpaint: metals, metal-node (metals + their bonded atoms), "
+                   "linkers (every non-metal) or site indices of REF.cif, e.g. 0,4,7")
+    c.add_argument("--free-lattice", action="store_true",
+                   help="with --inpaint: generate the lattice too (default: the reference's)")
     p.add_argument("--batch-size", type=int, default=64, help="structures per batch")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
@@ -56,6 +73,9 @@ def _cmd_sample(args: argparse.Namespace) -> int:
         model=args.model, num=args.num, seed=args.seed, atoms=args.atoms,
         atoms_from=args.atoms_from, steps=args.steps, sampler=args.sampler,
         guidance=args.guidance, batch_size=args.batch_size, device=args.device, bf16=args.bf16,
+        formula=args.formula, elements=args.elements, metal=args.metal,
+        bonds_from=args.bonds_from, inpaint=args.inpaint, keep=args.keep,
+        free_lattice=args.free_lattice,
     ).check()  # fmt: skip
     if args.reference is not None and not Path(args.reference).exists():
         raise SampleSettingsError(f"--reference {args.reference}: no such file or folder")

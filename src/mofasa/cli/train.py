@@ -1,4 +1,4 @@
-"""``mofasa train autoencoder`` and ``mofasa train diffusion``."""
+"""``mofasa train autoencoder``, ``mofasa train diffusion`` and ``mofasa train coordflow``."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ _OVERRIDES_HELP = (
 
 def add_train_parser(commands: argparse._SubParsersAction) -> None:
     """Add ``train`` (with ``autoencoder`` and ``diffusion``) to the top-level subparsers."""
-    train = commands.add_parser("train", help="train the autoencoder or the latent diffusion model")
+    train = commands.add_parser("train", help="train the autoencoder or a generative model")
     kinds = train.add_subparsers(dest="train_command", metavar="MODEL")
     ae = kinds.add_parser(
         "autoencoder", help="train the crystal autoencoder",
@@ -37,6 +37,15 @@ def add_train_parser(commands: argparse._SubParsersAction) -> None:
                     help="autoencoder checkpoint (default: the config's 'autoencoder' key)")
     _common(dm)
     dm.set_defaults(func=_cmd_train_diffusion)
+    cf = kinds.add_parser(
+        "coordflow", help="train the explicit-coordinate model (the default family)",
+        description="Train (or resume) the explicit-coordinate flow model: fractional "
+        "coordinates on the torus, type codes and the lattice, no autoencoder (shipped "
+        "configs: tiny, small, cond; 'cond' trains every condition in one model). "
+        + _OVERRIDES_HELP,
+    )  # fmt: skip
+    _common(cf)
+    cf.set_defaults(func=_cmd_train_coordflow)
     train.set_defaults(func=lambda _args: (train.print_help(), 2)[1])
 
 
@@ -65,5 +74,14 @@ def _cmd_train_diffusion(args: argparse.Namespace) -> int:
     cfg = load_diffusion_config(args.config, args.overrides)
     metrics = train_diffusion(cfg, args.autoencoder, resume=not args.no_resume,
                               stop_after=args.stop_after)
+    print(json.dumps({"out_dir": cfg.run.out_dir, **metrics}, indent=1))
+    return 0
+
+
+def _cmd_train_coordflow(args: argparse.Namespace) -> int:
+    from mofasa.training.coordflow import load_coordflow_config, train_coordflow
+
+    cfg = load_coordflow_config(args.config, args.overrides)
+    metrics = train_coordflow(cfg, resume=not args.no_resume, stop_after=args.stop_after)
     print(json.dumps({"out_dir": cfg.run.out_dir, **metrics}, indent=1))
     return 0

@@ -1,4 +1,4 @@
-"""`sample()`: crystals from a trained latent diffusion model, reproducibly.
+"""`sample()`: crystals from a trained model of either family, reproducibly.
 
 Every structure's randomness is a function of ``(seed, index)`` only: its atom count (drawn from
 the training histogram unless fixed) and every noise tensor of its reverse chain come from its
@@ -17,10 +17,13 @@ import torch
 
 from mofasa.checkpoint import load_model
 from mofasa.data.crystal import Crystal
+from mofasa.diffusion.conditions import ConditionBatch
+from mofasa.diffusion.coordflow import CoordFlow
 from mofasa.diffusion.latent import LatentDiffusion
+from mofasa.sampling.conditions import ConditionPlan, plan_conditions
 from mofasa.sampling.settings import SampleSettings
 
-__all__ = ["StructureNoise", "iter_samples", "plan_sizes", "sample", "size_histogram",
+__all__ = ["CoordNoise", "StructureNoise", "iter_samples", "plan_sizes", "sample", "size_histogram",
            "structure_id"]
 
 def _rng(seed: int, index: int, stream: int) -> np.random.Generator:
@@ -89,6 +92,23 @@ class StructureNoise:
         return zl, zg
 
 
+class CoordNoise(StructureNoise):
+    """The coordinate family's initial state per structure from its own ``(seed, index)``
+    generator: ``(frac (B, N, 3) ~ U[0, 1), type codes (B, N, bits), lattice code (B, 6))``
+    standard normal, zeros at padding (``dims`` = ``(bits, 6)``)."""
+
+    def __call__(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        bits, dg = self.dims
+        n_max, B = max(self.sizes), len(self.sizes)
+        x, c, g = torch.zeros(B, n_max, 3), torch.zeros(B, n_max, bits), torch.empty(B, dg)
+        for b, (n, gen) in enumerate(zip(self.sizes, self.generators, strict=True)):
+            x[b, :n] = torch.rand(n, 3, generator=gen)
+            draw = torch.randn(n * bits + dg, generator=gen)
+            c[b, :n] = draw[: n * bits].view(n, bits)
+            g[b] = draw[n * bits :]
+        return x, c, g
+
+
 def _batches(indices: Sequence[int], sizes: Sequence[int], batch_size: int
              ) -> list[list[tuple[int, int]]]:
     """(index, size) pairs sorted by size then index, cut into batches."""
@@ -96,33 +116,44 @@ def _batches(indices: Sequence[int], sizes: Sequence[int], batch_size: int
     return [order[k : k + batch_size] for k in range(0, len(order), batch_size)]
 
 
-def iter_samples(model: LatentDiffusion, indices: Sequence[int], settings: SampleSettings,
-                 size_hist: torch.Tensor | None = None) -> Iterator[list[Crystal]]:
+def iter_samples(model: LatentDiffusion | CoordFlow, indices: Sequence[int],
+                 settings: SampleSettings, size_hist: torch.Tensor | None = None,
+                 plan: ConditionPlan | None = None) -> Iterator[list[Crystal]]:
     """Generate the given structure indices batch by batch (see :func:`sample`).
 
     Args:
-        model: the diffusion model (eval mode).
+        model: the model (eval mode), latent or coordinate family.
         indices: structure indices to generate.
         settings: resolved settings (``steps`` and ``sampler`` set; :meth:`SampleSettings.resolve`).
         size_hist: (M + 1,) histogram to draw atom counts from (default: the model's).
+        plan: the run's conditions (`plan_conditions`; coordinate family only).
 
     Yields:
         One list of `Crystal` per batch (ids from :func:`structure_id`; ``metadata`` holds
-        the settings' row metadata and the structure's index).
+        the settings' row metadata, the condition's, and the structure's index).
     """
     if settings.steps is None or settings.sampler is None:
         raise ValueError("iter_samples needs resolved settings (SampleSettings.resolve)")
     hist = model.num_atoms_hist if size_hist is None else size_hist
     sizes = plan_sizes(indices, settings.seed, hist, settings.atoms)
-    dims = (model.local_mean.numel(), model.global_mean.numel())
-    meta = settings.row_metadata()
+    meta = {**settings.row_metadata(), **(plan.metadata if plan is not None else {})}
     for batch in _batches(indices, sizes, settings.batch_size):
         idx, ns = [p[0] for p in batch], [p[1] for p in batch]
         mask = torch.arange(max(ns)).unsqueeze(0) < torch.tensor(ns).unsqueeze(1)  # (B, N)
-        noise = StructureNoise(idx, ns, settings.seed, dims)
-        out = model.generate(mask.to(model.device), [structure_id(i) for i in idx],
-                             steps=settings.steps, sampler=settings.sampler, noise_fn=noise,
-                             guidance=settings.guidance, bf16=settings.bf16)
+        ids = [structure_id(i) for i in idx]
+        if isinstance(model, CoordFlow):
+            cond = (ConditionBatch.from_conditions(plan.conditions(ns), max(ns))
+                    if plan is not None else None)
+            noise = CoordNoise(idx, ns, settings.seed, (model.codes.shape[1], 6))
+            with torch.autocast(model.device.type, torch.bfloat16, enabled=settings.bf16):
+                out = model.generate(mask.to(model.device), ids, steps=settings.steps,
+                                     noise_fn=noise, cond=cond, guidance=settings.guidance)
+        else:
+            noise = StructureNoise(idx, ns, settings.seed,
+                                   (model.local_mean.numel(), model.global_mean.numel()))
+            out = model.generate(mask.to(model.device), ids, steps=settings.steps,
+                                 sampler=settings.sampler, noise_fn=noise,
+                                 guidance=settings.guidance, bf16=settings.bf16)
         crystals = out.unbatch()
         for crystal, i in zip(crystals, idx, strict=True):
             crystal.metadata = {**meta, "index": int(i)}
@@ -130,7 +161,7 @@ def iter_samples(model: LatentDiffusion, indices: Sequence[int], settings: Sampl
 
 
 def sample(
-    model: str | Path | LatentDiffusion = "default",
+    model: str | Path | LatentDiffusion | CoordFlow = "default",
     num: int = 10,
     atoms: int | None = None,
     steps: int | None = None,
@@ -143,51 +174,77 @@ def sample(
     atoms_from: str = "data",
     bf16: bool = False,
     progress: bool = False,
+    formula: str | None = None,
+    elements: str | None = None,
+    metal: str | None = None,
+    bonds_from: str | Path | None = None,
+    inpaint: str | Path | None = None,
+    keep: str | None = None,
+    free_lattice: bool = False,
 ) -> list[Crystal]:
     """Sample ``num`` crystals (arguments as in :class:`SampleSettings`).
 
     Args:
-        model: ``"default"`` (the bundled model), a diffusion checkpoint path, or a model.
+        model: ``"default"`` (the bundled model), a checkpoint path, or a model.
         num: number of structures (indices 0..num-1).
-        atoms: fixed atom count; None draws each from the training histogram.
+        atoms: fixed atom count; None draws each from the training histogram (or from
+            p(N | condition) with ``elements`` / ``metal``).
         steps: sampler steps (default: the model's configured count).
         seed: run seed; structure i depends only on (seed, i).
         batch_size: structures per batch (batches are grouped by atom count).
         device: ``"auto"``, ``"cpu"``, ``"cuda"``, ...
-        guidance: classifier-free guidance scale (1 without a condition).
-        sampler: ``"ddim"`` or ``"ddpm"`` (default: the model's).
+        guidance: classifier-free guidance scale (1: none; other values need a condition).
+        sampler: ``"ddim"`` / ``"ddpm"`` (latent family) or ``"euler"`` (coordinate family).
         atoms_from: ``"data"`` or a prepared dataset folder to draw atom counts from.
         bf16: bf16 autocast for the denoiser.
         progress: show a progress bar.
+        formula: condition on a formula (``"Zn4O13C24H12"``, any order, spaces allowed).
+        elements: exactly these elements (``"Zn,C,H,O"``).
+        metal: one metal (``"Zn"``) with any non-metals.
+        bonds_from: reference CIF: its formula and bond graph.
+        inpaint: reference CIF whose ``keep`` atoms (and lattice) are given.
+        keep: ``metals``, ``metal-node``, ``linkers`` or reference site indices ``"0,4,7"``.
+        free_lattice: generate the lattice when inpainting.
 
     Returns:
         ``num`` `Crystal` objects in index order.
 
     Raises:
-        SampleSettingsError: a setting that cannot work (before any model is loaded).
+        SampleSettingsError: a setting that cannot work (before any model is loaded) or a
+            condition the model cannot take.
     """
     from tqdm import tqdm
 
-    name = "<model>" if isinstance(model, LatentDiffusion) else str(model)
+    name = "<model>" if isinstance(model, (LatentDiffusion, CoordFlow)) else str(model)
+    opt = lambda v: None if v is None else str(v)  # noqa: E731
     settings = SampleSettings(model=name, num=num, seed=seed, atoms=atoms, atoms_from=atoms_from,
                               steps=steps, sampler=sampler, guidance=guidance,
-                              batch_size=batch_size, device=device, bf16=bf16).check()
+                              batch_size=batch_size, device=device, bf16=bf16, formula=formula,
+                              elements=elements, metal=metal, bonds_from=opt(bonds_from),
+                              inpaint=opt(inpaint), keep=keep, free_lattice=free_lattice).check()
     net = load_model(model, device)
-    size_hist = size_histogram(settings, net)
+    plan = plan_conditions(settings, net)
+    size_hist = size_histogram(settings, net, plan)
     settings = settings.resolve(net, size_hist)
     out: dict[int, Crystal] = {}
     with tqdm(total=num, unit="structure", disable=not progress) as bar:
-        for crystals in iter_samples(net, range(num), settings, size_hist):
+        for crystals in iter_samples(net, range(num), settings, size_hist, plan):
             out.update({c.metadata["index"]: c for c in crystals})
             bar.update(len(crystals))
     return [out[i] for i in range(num)]
 
 
-def size_histogram(settings: SampleSettings, model: LatentDiffusion) -> torch.Tensor | None:
-    """The histogram atom counts are drawn from: the model's, or a prepared dataset's train
-    split (``atoms_from``); None with a fixed ``atoms``."""
+def size_histogram(settings: SampleSettings, model: LatentDiffusion | CoordFlow,
+                   plan: ConditionPlan | None = None) -> torch.Tensor | None:
+    """The histogram atom counts are drawn from: a condition's (its fixed N, or p(N |
+    condition)), the model's, or a prepared dataset's train split (``atoms_from``); None with
+    a fixed ``atoms``."""
     if settings.atoms is not None:
         return None
+    if plan is not None and plan.fixed is not None:
+        return torch.bincount(torch.tensor([plan.fixed.num_atoms]))
+    if plan is not None and plan.size_probs is not None:
+        return torch.from_numpy(plan.size_probs)
     if settings.atoms_from == "data":
         return model.num_atoms_hist
     from mofasa.data.dataset import CrystalDataset

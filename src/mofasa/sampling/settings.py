@@ -15,17 +15,15 @@ import math
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-if TYPE_CHECKING:  # pragma: no cover
-    from mofasa.diffusion.latent import LatentDiffusion
+__all__ = ["CONDITION_FIELDS", "SAMPLERS", "AtomRangeWarning", "SampleSettings",
+           "SampleSettingsError", "trained_atom_range"]
 
-__all__ = ["SAMPLERS", "AtomRangeWarning", "SampleSettings", "SampleSettingsError",
-           "trained_atom_range"]
-
-SAMPLERS = ("ddim", "ddpm")
+SAMPLERS = ("ddim", "ddpm", "euler")  # the latent family's two, the coordinate family's one
+CONDITION_FIELDS = ("formula", "elements", "metal", "bonds_from", "inpaint")
 
 
 class SampleSettingsError(ValueError):
@@ -53,6 +51,15 @@ class SampleSettings:
         batch_size: structures per batch (batches group equal atom counts).
         device: ``auto``, ``cpu``, ``cuda``, ``cuda:N``, ``mps``.
         bf16: bf16 autocast for the denoiser.
+        formula: condition on a formula (any pymatgen-readable form); N is its atom count.
+        elements: exactly these elements (``"Zn,C,H,O"``); N from p(N | elements).
+        metal: this metal with any non-metals (``"Zn"``); N from p(N | metal).
+        bonds_from: a reference CIF whose formula and bond graph are the condition.
+        inpaint: a reference CIF whose ``keep`` atoms (and lattice unless ``free_lattice``)
+            are given; the rest of its formula is generated.
+        keep: ``metals``, ``metal-node``, ``linkers`` or site indices ``I,J,K`` of the
+            reference file (with ``inpaint``).
+        free_lattice: inpainting generates the lattice too.
     """
 
     model: str = "default"
@@ -66,6 +73,19 @@ class SampleSettings:
     batch_size: int = 64
     device: str = "auto"
     bf16: bool = False
+    formula: str | None = None
+    elements: str | None = None
+    metal: str | None = None
+    bonds_from: str | None = None
+    inpaint: str | None = None
+    keep: str | None = None
+    free_lattice: bool = False
+
+    @property
+    def condition(self) -> str | None:
+        """The condition's name (``formula``, ``elements``, ...) or None."""
+        given = [k for k in CONDITION_FIELDS if getattr(self, k) is not None]
+        return given[0] if given else None
 
     def check(self) -> SampleSettings:
         """Reject values that cannot work, before any file is written or model loaded.
@@ -82,9 +102,7 @@ class SampleSettings:
                  f"sampler must be one of {', '.join(SAMPLERS)}, got {self.sampler!r}")
         _require(self.batch_size >= 1, f"batch size must be >= 1, got {self.batch_size}")
         _require(math.isfinite(self.guidance), f"guidance must be finite, got {self.guidance}")
-        # No condition reaches the model in this version: any other scale would be ignored.
-        _require(self.guidance == 1.0,
-                 f"guidance {self.guidance} needs a condition, and none is given (use 1)")
+        self._check_condition()
         _require(self.atoms is not None or self.atoms_from == "data"
                  or (Path(self.atoms_from) / "manifest.json").is_file(),
                  f"atoms_from {self.atoms_from!r} is neither 'data' nor a prepared dataset "
@@ -97,12 +115,49 @@ class SampleSettings:
             raise SampleSettingsError(str(exc)) from None
         return self
 
-    def resolve(self, model: LatentDiffusion, size_hist: Any = None) -> SampleSettings:
+    def _check_condition(self) -> None:
+        given = [k for k in CONDITION_FIELDS if getattr(self, k) is not None]
+        flag = lambda k: "--" + k.replace("_", "-")  # noqa: E731
+        _require(len(given) <= 1, f"{' and '.join(flag(k) for k in given)} cannot be combined "
+                 "(give one condition)")
+        _require(self.guidance == 1.0 or bool(given),
+                 f"guidance {self.guidance} needs a condition, and none is given (use 1)")
+        _require(self.keep is None or self.inpaint is not None, "--keep needs --inpaint REF.cif")
+        _require(not self.free_lattice or self.inpaint is not None,
+                 "--free-lattice needs --inpaint REF.cif")
+        _require(self.inpaint is None or self.keep is not None,
+                 "--inpaint needs --keep metals|metal-node|linkers|I,J,K")
+        _require(self.atoms is None or self.condition in (None, "elements", "metal"),
+                 f"--atoms cannot be combined with {flag(self.condition or '')}: the condition "
+                 "fixes the atom count")
+        for key in ("bonds_from", "inpaint"):
+            path = getattr(self, key)
+            _require(path is None or Path(path).is_file(), f"{flag(key)} {path}: no such file")
+        from mofasa.data.conditions import ConditionError, parse_elements, parse_formula
+        from mofasa.data.elements import IS_METAL
+
+        try:
+            if self.formula is not None:
+                parse_formula(self.formula)
+            if self.elements is not None:
+                parse_elements(self.elements)
+            metal = parse_elements(self.metal, "--metal") if self.metal is not None else None
+        except ConditionError as exc:
+            raise SampleSettingsError(str(exc)) from None
+        _require(metal is None or (len(metal) == 1 and bool(IS_METAL[metal[0]])),
+                 f"--metal {self.metal!r}: give one metal, e.g. Zn")
+
+    def resolve(self, model: Any, size_hist: Any = None) -> SampleSettings:
         """Settings with the model's defaults filled in, checked; warns (`AtomRangeWarning`)
         when the atom counts to be sampled (``atoms``, or the support of ``size_hist``, by
         default the model's own histogram) lie outside the model's training range."""
+        own = getattr(model.config, "sampler", "euler")
+        sampler = self.sampler or own
+        allowed = ("euler",) if own == "euler" else ("ddim", "ddpm")
+        _require(sampler in allowed, f"sampler {sampler!r} does not fit this model (use "
+                 f"{' or '.join(allowed)})")
         out = dataclasses.replace(self, steps=int(self.steps or model.config.steps),
-                                  sampler=self.sampler or model.config.sampler).check()
+                                  sampler=sampler).check()
         _warn_atom_range(out, model.num_atoms_hist,
                          model.num_atoms_hist if size_hist is None else size_hist)
         return out
@@ -114,8 +169,11 @@ class SampleSettings:
     def row_metadata(self) -> dict[str, str | int | float | bool]:
         """Key-value pairs for every database row (ASE rows take no None values)."""
         # num / batch / device do not change a structure; n_atoms (per row) says a fixed N
-        out = {k: v for k, v in self.to_dict().items() if v is not None and k not in
-               ("num", "batch_size", "device", "atoms")}
+        # the condition goes in under its own keys (`sampling.conditions`): "formula" is
+        # reserved in an ASE database
+        skip = ("num", "batch_size", "device", "atoms", *CONDITION_FIELDS, "keep",
+                "free_lattice")
+        out = {k: v for k, v in self.to_dict().items() if v is not None and k not in skip}
         out["atoms_from"] = "fixed" if self.atoms is not None else self.atoms_from
         return out
 
@@ -124,7 +182,8 @@ class SampleSettings:
         device, which do not change any structure)."""
         d = self.to_dict()
         return {k: d[k] for k in ("model", "seed", "atoms", "atoms_from", "steps", "sampler",
-                                  "guidance", "bf16")}
+                                  "guidance", "bf16", *CONDITION_FIELDS, "keep",
+                                  "free_lattice")}
 
 
 def _require(ok: bool, message: str) -> None:

@@ -24,6 +24,7 @@ import numpy as np
 from mofasa.checkpoint import load_model
 from mofasa.data.crystal import Crystal
 from mofasa.sampling.api import iter_samples, size_histogram
+from mofasa.sampling.conditions import plan_conditions
 from mofasa.sampling.settings import SampleSettings, SampleSettingsError
 
 __all__ = ["SamplingSettingsError", "cell_problem", "done_indices", "write_samples"]
@@ -149,7 +150,8 @@ def write_samples(out: str | Path, settings: SampleSettings, *, progress: bool =
     out = Path(out)
     settings.check()
     net = load_model(settings.model, settings.device)
-    size_hist = size_histogram(settings, net)
+    plan = plan_conditions(settings, net)
+    size_hist = size_histogram(settings, net, plan)
     settings = settings.resolve(net, size_hist)
     _check_settings(out / "settings.json", settings)
     (out / "cifs").mkdir(parents=True, exist_ok=True)
@@ -161,11 +163,12 @@ def write_samples(out: str | Path, settings: SampleSettings, *, progress: bool =
     start, written = time.perf_counter(), 0
     db = connect(str(db_path))
     metadata = {"kind": "mofasa-samples", "model": settings.model, "model_info": info,
-                "settings": settings.to_dict()}
+                "settings": settings.to_dict(),
+                "condition": plan.metadata if plan is not None else None}
     db.metadata = metadata
     with tqdm(total=settings.num, initial=settings.num - len(todo), unit="structure",
               disable=not progress, desc="sample") as bar:
-        for crystals in iter_samples(net, todo, settings, size_hist):
+        for crystals in iter_samples(net, todo, settings, size_hist, plan):
             _write_batch(db, out, crystals)
             written += len(crystals)
             bar.update(len(crystals))

@@ -1,0 +1,112 @@
+"""Conditional sampling through `mofasa.sample` and `mofasa sample` (issue 12 item 6)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from mofasa.cli import main
+from mofasa.data.canonical import canonicalize
+from mofasa.data.cif import read_cif
+from mofasa.data.conditions import formula_string
+from mofasa.sampling import sample
+from mofasa.sampling.settings import SampleSettings, SampleSettingsError
+from mofasa.training.coordflow import load_coordflow_config, train_coordflow
+
+from .conftest import EXAMPLES, prepare_examples
+
+FAST = ["run.threads=1", "run.log_every=2", "run.ckpt_every=100", "run.val_every=100",
+        "data.batch_size=4", "probes.every=0", "optim.total_steps=2"]
+REF = sorted(EXAMPLES.glob("*.cif"))[1]  # Cu2Br2N10C18H18, among the 6 training structures
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """(conditional, unconditional) tiny coordinate-family checkpoints on 6 examples."""
+    data = prepare_examples(tmp_path_factory, 6)
+    out = []
+    for flag in ("true", "false"):
+        run = tmp_path_factory.mktemp(f"cf_{flag}")
+        over = [f"data.path={data}", f"run.out_dir={run}", f"model.conditional={flag}", *FAST]
+        train_coordflow(load_coordflow_config("tiny", over), resume=False)
+        out.append(run / "checkpoint.pt")
+    return out
+
+
+@pytest.fixture(scope="module")
+def reference():
+    return canonicalize(read_cif(REF))
+
+
+def test_formula_samples_have_exactly_the_formula_and_are_reproducible(models, reference):
+    formula = formula_string(reference.numbers)
+    a = sample(str(models[0]), num=3, steps=2, formula=formula, device="cpu")
+    b = sample(str(models[0]), num=3, steps=2, formula=formula, device="cpu", batch_size=1)
+    for x, y in zip(a, b, strict=True):
+        assert np.array_equal(x.numbers, reference.numbers)
+        assert np.allclose(x.frac, y.frac, atol=1e-5)
+        assert x.metadata["condition"] == "formula" and x.metadata["requested_formula"] == formula
+
+
+def test_bonds_and_guidance_and_inpainting_run_through_the_api(models, reference):
+    out = sample(str(models[0]), num=2, steps=2, bonds_from=REF, guidance=2.0, device="cpu")
+    assert all(np.array_equal(c.numbers, reference.numbers) for c in out)
+    assert out[0].metadata["reference"] == str(REF)
+    kept = sample(str(models[0]), num=2, steps=2, inpaint=REF, keep="metal-node",
+                  device="cpu")
+    node = np.zeros(reference.num_atoms, bool)
+    for c in kept:
+        frame = json.loads(c.metadata["reference_frame"])
+        assert len(frame["sites"]) == reference.num_atoms
+        assert np.allclose(c.lattice, reference.lattice, atol=1e-3)
+        same = np.abs(c.frac - reference.frac).max(1) < 1e-6
+        node |= same
+    assert node.sum() >= kept[0].metadata["kept_atoms"]
+
+
+def test_element_sets_stay_within_the_set_and_draw_seen_counts(models, reference):
+    out = sample(str(models[0]), num=4, steps=2, elements="Cu,Br,N,C,H", device="cpu")
+    allowed = {29, 35, 7, 6, 1}
+    assert all(set(c.numbers.tolist()) <= allowed for c in out)
+    # the one training structure with exactly that set gives the only count
+    assert {c.num_atoms for c in out} == {reference.num_atoms}
+    assert out[0].metadata["atom_counts_from"] == "elements"
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"formula": "Zn4Xx"}, "unknown element"),
+    ({"formula": "Cu2O", "atoms": 10}, "--atoms cannot be combined"),
+    ({"keep": "metals"}, "--keep needs --inpaint"),
+    ({"inpaint": str(REF)}, "--inpaint needs --keep"),
+    ({"formula": "Cu2O", "metal": "Cu"}, "cannot be combined"),
+    ({"metal": "C"}, "give one metal"),
+    ({"bonds_from": "/nonexistent.cif"}, "no such file"),
+])
+def test_impossible_conditions_are_refused_before_any_work(kwargs, message):
+    with pytest.raises(SampleSettingsError, match=message):
+        SampleSettings(**kwargs).check()
+
+
+def test_conditions_the_model_cannot_take_are_one_line_errors(models, tmp_path, capsys):
+    with pytest.raises(SampleSettingsError, match="not trained with conditions"):
+        sample(str(models[1]), num=1, steps=2, formula="Cu2Br2N10C18H18", device="cpu")
+    with pytest.raises(SampleSettingsError, match="never occur in the model's training"):
+        sample(str(models[0]), num=1, steps=2, formula="U2O4C8H4", device="cpu")
+    code = main(["sample", "--model", str(models[0]), "--out", str(tmp_path / "o"),
+                 "--no-progress", "--metal", "Pu"])
+    err = capsys.readouterr().err
+    assert code == 2 and "never occur" in err and err.count("\n") == 1, err
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_resume_refuses_a_changed_condition(models, tmp_path, capsys):
+    common = ["sample", "--model", str(models[0]), "--out", str(tmp_path / "o"), "--num", "1",
+              "--steps", "2", "--no-progress", "--device", "cpu"]
+    assert main([*common, "--formula", "Cu2Br2N10C18H18"]) == 0
+    settings = json.loads((tmp_path / "o" / "settings.json").read_text())
+    assert settings["identity"]["formula"] == "Cu2Br2N10C18H18"
+    capsys.readouterr()
+    assert main([*common, "--formula", "Cu1Br1N5C9H9"]) == 2
+    assert "other settings" in capsys.readouterr().err
