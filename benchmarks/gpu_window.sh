@@ -3,7 +3,10 @@
 # ae-base / diffusion) training for a wall-clock budget into a slim checkpoint that can be
 # carried back next time. Python side: benchmarks/gpu_bench.py.
 #
-#   bash benchmarks/gpu_window.sh MODE      MODE: ae-base | diffusion | bench-only
+#   bash benchmarks/gpu_window.sh MODE      MODE: ae-base | diffusion | coordflow | bench-only
+#
+# coordflow: the default family's campaign (`mofasa train coordflow --config cond`), warm-started
+# from $GPU_CARRY_DIR/coordflow_cond/slim.pt (or GPU_INIT); no autoencoder needed.
 #
 # Stages, each under `timeout` so that one failure or hang cannot eat the window:
 #   card      $OUT/card.json (nvidia-smi query, torch / CUDA versions)
@@ -46,8 +49,8 @@ set -uo pipefail
 
 MODE=${1:-}
 case "$MODE" in
-  ae-base|diffusion|bench-only) ;;
-  *) echo "usage: bash benchmarks/gpu_window.sh ae-base|diffusion|bench-only" >&2; exit 2 ;;
+  ae-base|diffusion|coordflow|bench-only) ;;
+  *) echo "usage: bash benchmarks/gpu_window.sh ae-base|diffusion|coordflow|bench-only" >&2; exit 2 ;;
 esac
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -102,7 +105,7 @@ export TQDM_MININTERVAL=30  # fewer progress-bar lines in the log (tqdm >= 4.66 
 BENCH="$PY benchmarks/gpu_bench.py"
 
 if [ "$DRY" = 1 ]; then
-  DEVICE=cpu AE_CFG=tiny DIFF_CFG=tiny MEM_CFG=tiny MEM_SIZES="12 24" MEM_FLAGS=""
+  DEVICE=cpu AE_CFG=tiny DIFF_CFG=tiny CF_CFG=tiny MEM_CFG=tiny MEM_SIZES="12 24" MEM_FLAGS=""
   SAMPLE_RANDOM=random:tiny:tiny SAMPLE_NUM=8 SAMPLE_BATCH=8 SAMPLE_STEPS="default 3"
   TP_STEPS=6 TP_LOG=2 CHECK_BATCH=4 MIN_TRAIN=5
   DATA=${GPU_DATA:-prepared/example}
@@ -111,7 +114,7 @@ if [ "$DRY" = 1 ]; then
              run.val_every=5 data.batch_size=4)
   TP_OVR=(run.threads=1 data.num_workers=0 data.batch_size=4)
 else
-  DEVICE=${GPU_DEVICE:-cuda} AE_CFG=base DIFF_CFG=base MEM_CFG=base MEM_SIZES="100 250 500 1000"
+  DEVICE=${GPU_DEVICE:-cuda} AE_CFG=base DIFF_CFG=base CF_CFG=cond MEM_CFG=base MEM_SIZES="100 250 500 1000"
   MEM_FLAGS="--in-process"
   SAMPLE_RANDOM=random:base:base SAMPLE_NUM=1000 SAMPLE_BATCH=1000 SAMPLE_STEPS="default 100"
   TP_STEPS=60 TP_LOG=10 CHECK_BATCH=${GPU_CHECK_BATCH:-16} MIN_TRAIN=60
@@ -228,6 +231,13 @@ if [ "$MODE" = ae-base ]; then
   NAME=ae_base
   if [ -z "$INIT" ] && ckpt_exists "$CARRY/ae_base/slim.pt"; then INIT=$CARRY/ae_base/slim.pt; fi
   CMD=(train autoencoder --config "$AE_CFG")
+elif [ "$MODE" = coordflow ]; then
+  NAME=coordflow_cond
+  if [ -z "$INIT" ] && ckpt_exists "$CARRY/coordflow_cond/slim.pt"; then
+    INIT=$CARRY/coordflow_cond/slim.pt
+  fi
+  CMD=(train coordflow --config "${GPU_CF_CFG:-$CF_CFG}")
+  EXTRA+=(run.init_keep_step=true run.init_allow_new=true)
 else
   NAME=diffusion_base
   if [ -z "$INIT" ] && ckpt_exists "$CARRY/diffusion_base/slim.pt"; then
