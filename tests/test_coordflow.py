@@ -132,3 +132,47 @@ def test_pair_distances_and_the_overlap_penalty(example_crystals):
     x = batch.frac.clone()
     x[0, 1] = x[0, 0] + 0.001  # two atoms on one site
     assert float(model._overlap_penalty(x, batch, t)) > 0.0
+
+
+def test_ot_coupling_permutes_noise_within_elements_and_lowers_the_cost(example_crystals):
+    from mofasa.diffusion.coordflow import ot_coupled_noise
+
+    batch = _batch(example_crystals, 3)
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.rand(batch.frac.shape, generator=g, dtype=torch.float64) * \
+        batch.mask.unsqueeze(-1)
+    y = ot_coupled_noise(x0, batch.frac, batch.lattice, batch.atom_types, batch.mask)
+
+    def cost(x):
+        d = min_image_frac_torch(batch.frac - x)
+        return float(((d.unsqueeze(-2) @ batch.lattice.unsqueeze(1)).squeeze(-2).square()
+                      .sum(-1) * batch.mask).sum())
+
+    assert cost(y) < cost(x0)
+    for b in range(3):
+        for z in batch.atom_types[b][batch.mask[b]].unique():
+            sel = (batch.atom_types[b] == z) & batch.mask[b]
+            assert torch.equal(torch.sort(x0[b][sel], 0)[0], torch.sort(y[b][sel], 0)[0])
+    assert torch.equal(y[~batch.mask], x0[~batch.mask])
+    with pytest.raises(ValueError, match="coupling"):
+        CoordFlowConfig(coupling="sinkhorn")
+
+
+def test_churn_makes_the_sampler_stochastic_per_structure(example_crystals):
+    import dataclasses
+
+    from mofasa.sampling.api import CoordNoise
+
+    model = _tiny_model().float()
+    mask = torch.ones(2, 9, dtype=torch.bool)
+
+    def run(churn, idx=(0, 1)):
+        model.config = dataclasses.replace(model.config, churn=churn)
+        noise = CoordNoise(list(idx), [9] * len(idx), 0, (7, 6))
+        return model.generate(mask[: len(idx)], steps=4, noise_fn=noise).frac
+
+    calm, noisy = run(0.0), run(0.3)
+    assert not torch.allclose(calm, noisy) and torch.isfinite(noisy).all()
+    assert torch.allclose(run(0.3, (1,))[0], noisy[1], atol=1e-5)  # same index, same noise
+    with pytest.raises(ValueError, match="churn"):
+        CoordFlowConfig(churn=-1.0)

@@ -22,6 +22,7 @@ import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -52,6 +53,15 @@ class CoordFlowConfig:
         grid_power: sampling grid t_k = 1 - (1 - k / steps)^grid_power (> 1: denser near 1).
         log_len_mean, log_len_std: statistics of log(length / N^(1/3)) for the lattice code.
         mix: training task shares of a conditional denoiser (`ConditionMix`).
+        coupling: how training noise pairs with atoms: ``independent`` (as drawn), or ``ot``
+            (within each element of each crystal, the uniform noise points are assigned to
+            the atoms by a minimum-cost matching of squared periodic Cartesian distances:
+            the marginals are unchanged, but a noise point heads for the nearest unclaimed
+            site, so the conditional target is less ambiguous and nearby atoms learn to split
+            instead of collapsing onto one site).
+        churn: stochastic sampling (as EDM's churn): after each Euler step but the last, the
+            free atoms move by Gaussian noise of ``churn * (1 - t)`` Å per axis (0: the
+            deterministic ODE).
         overlap_weight: weight of a hinge penalty on pairs of the predicted clean structure
             closer than ``max(0.8 Å, 0.7 (r_i + r_j))`` (Cordero radii; no QMOF pair is),
             weighted by t (0: off). Samples otherwise keep collapsing atoms onto one site.
@@ -67,8 +77,14 @@ class CoordFlowConfig:
     log_len_std: float = 0.25
     mix: ConditionMix = field(default_factory=ConditionMix)
     overlap_weight: float = 0.0
+    coupling: str = "independent"
+    churn: float = 0.0
 
     def __post_init__(self) -> None:
+        if self.churn < 0:
+            raise ValueError(f"churn must be >= 0, got {self.churn}")
+        if self.coupling not in ("independent", "ot"):
+            raise ValueError(f"coupling must be 'independent' or 'ot', got {self.coupling!r}")
         if not (self.time_power > 0 and 0 < self.t_max <= 1 and self.steps >= 1
                 and self.grid_power > 0):
             raise ValueError(f"bad CoordFlowConfig: {self}")
@@ -103,6 +119,8 @@ class CoordFlow(nn.Module):
         x1, c1, l1 = batch_state(batch, self.codes, self.coder)  # (B,N,3), (B,N,bits), (B,6)
         m = batch.mask.unsqueeze(-1).to(x1.dtype)  # (B, N, 1)
         x0 = torch.rand_like(x1)
+        if self.config.coupling == "ot":
+            x0 = ot_coupled_noise(x0, x1, batch.lattice, batch.atom_types, batch.mask)
         tt = t.view(-1, 1, 1)  # (B, 1, 1)
         xt = wrap_frac_torch(x0 + tt * min_image_frac_torch(x1 - x0)) * m  # (B, N, 3)
         ct = ((1 - tt) * torch.randn_like(c1) + tt * c1) * m  # (B, N, bits)
@@ -211,7 +229,8 @@ class CoordFlow(nn.Module):
             steps: Euler steps (default: the config's).
             generator: draws the initial state (unused with ``noise_fn``).
             noise_fn: returns the initial ``(frac (B, N, 3) in [0, 1), type codes
-                (B, N, bits), lattice code (B, 6))`` (per-structure reproducible noise).
+                (B, N, bits), lattice code (B, 6))`` (per-structure reproducible noise); with
+                churn, its ``normal((B, N, 3))`` method (if any) draws the step noise.
             cond: conditions (None: unconditional); kept atoms, fixed elements and a given
                 lattice are written into the state at every step and into the output.
             guidance: classifier-free guidance scale (1: none).
@@ -244,7 +263,10 @@ class CoordFlow(nn.Module):
                 drift = self._kept_drift(d_hat, state[2], cond, n)
             x, c, lcode = state
             r = (tn - t) / (1.0 - t)  # the fraction of the remaining way this step covers
-            x = wrap_frac_torch(x + r * d_hat) * m
+            x = x + r * d_hat
+            if self.config.churn > 0 and tn < 1.0:
+                x = x + self._churn(x, lcode, n, 1.0 - tn, generator, noise_fn)
+            x = wrap_frac_torch(x) * m
             c = (c + r * (c_hat - c)) * m
             lcode = lcode + r * (l_hat - lcode)
             state = self.clamp((x, c, lcode), cond, n)
@@ -252,6 +274,15 @@ class CoordFlow(nn.Module):
             diagnostics["free_types"] = self.decode_types(c_hat, mask)
             diagnostics["kept_drift"] = drift if drift is not None else torch.zeros(B)
         return self._to_batch(*state, mask, ids, cond)
+
+    def _churn(self, x: torch.Tensor, lcode: torch.Tensor, n: torch.Tensor, scale: float,
+               generator: torch.Generator | None, noise_fn: object) -> torch.Tensor:
+        """(B, N, 3) fractional displacement of Gaussian noise of ``churn * scale`` Å."""
+        draw = getattr(noise_fn, "normal", None)
+        eps = draw(x.shape) if draw is not None else torch.randn(x.shape, generator=generator)
+        cart = eps.to(x) * (self.config.churn * scale)  # (B, N, 3) Å
+        lat = self.coder.decode(lcode, n)  # (B, 3, 3)
+        return (cart.unsqueeze(-2) @ torch.linalg.inv(lat).unsqueeze(1)).squeeze(-2)
 
     def _kept_drift(self, d_hat: torch.Tensor, lcode: torch.Tensor, cond: ConditionBatch,
                     n: torch.Tensor) -> torch.Tensor:
@@ -280,6 +311,30 @@ class CoordFlow(nn.Module):
         n = mask.sum(1)
         return CrystalBatch(atom_types=types.long(), frac=x, lattice=self.coder.decode(lcode, n),
                             mask=mask, num_atoms=n.long(), ids=list(ids or [None] * len(n)))
+
+
+@torch.no_grad()
+def ot_coupled_noise(x0: torch.Tensor, x1: torch.Tensor, lattice: torch.Tensor,
+                     types: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The noise ``x0`` (B, N, 3) re-assigned to atoms within each element of each crystal by
+    a minimum-cost matching (scipy's Hungarian solver) of squared minimum-image Cartesian
+    distances to ``x1``; padding and single atoms keep theirs."""
+    from scipy.optimize import linear_sum_assignment
+
+    a0, a1 = x0.cpu().double().numpy(), x1.cpu().double().numpy()
+    lat, z, m = lattice.cpu().double().numpy(), types.cpu().numpy(), mask.cpu().numpy()
+    out = a0.copy()
+    for b in range(a0.shape[0]):
+        zb = z[b][m[b]]
+        for element in np.unique(zb):
+            idx = np.flatnonzero(zb == element)
+            if len(idx) < 2:
+                continue
+            d = a1[b, idx][:, None, :] - a0[b, idx][None, :, :]  # (k, k, 3) atom - noise
+            d -= np.round(d)
+            rows, cols = linear_sum_assignment(np.square(d @ lat[b]).sum(-1))
+            out[b, idx[rows]] = a0[b, idx[cols]]
+    return torch.from_numpy(out).to(x0)
 
 
 def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

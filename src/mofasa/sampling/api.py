@@ -108,6 +108,13 @@ class CoordNoise(StructureNoise):
             g[b] = draw[n * bits :]
         return x, c, g
 
+    def normal(self, shape: tuple[int, ...]) -> torch.Tensor:
+        """(B, N, k) standard normal step noise, structure b from its own generator."""
+        out = torch.zeros(shape)
+        for b, (n, gen) in enumerate(zip(self.sizes, self.generators, strict=True)):
+            out[b, :n] = torch.randn(n, *shape[2:], generator=gen)
+        return out
+
 
 def _batches(indices: Sequence[int], sizes: Sequence[int], batch_size: int
              ) -> list[list[tuple[int, int]]]:
