@@ -10,7 +10,6 @@ reproduces the unconditional path, and it is the null branch of classifier-free 
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, fields
 
 import numpy as np
@@ -221,12 +220,3 @@ def training_conditions(types: torch.Tensor, frac: torch.Tensor, lattice: torch.
                 cond.lattice[b], cond.has_lattice[b] = lattice[b], True
     return cond, names
 
-
-def with_rows(cond: ConditionBatch, rows: torch.Tensor, other: ConditionBatch) -> ConditionBatch:
-    """``cond`` with the rows where ``rows`` (B,) is True taken from ``other``."""
-    out = {}
-    for f in fields(cond):
-        a, b = getattr(cond, f.name), getattr(other, f.name)
-        r = rows.view(-1, *([1] * (a.dim() - 1)))
-        out[f.name] = torch.where(r, b, a)
-    return dataclasses.replace(cond, **out)

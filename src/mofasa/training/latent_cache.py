@@ -40,9 +40,9 @@ from torch.utils.data import Dataset
 
 from mofasa.data.batch import collate
 from mofasa.data.canonical import bond_edges
+from mofasa.data.conditions import node_labels
 from mofasa.data.crystal import Crystal
 from mofasa.data.dataset import CrystalDataset
-from mofasa.data.elements import IS_METAL
 from mofasa.diffusion.batch import LatentBatch
 from mofasa.geometry.lattice import wrap_frac
 from mofasa.models.autoencoder import CrystalAutoencoder
@@ -126,15 +126,6 @@ def _shifts(num: int, translations: int, seed: int, ids: np.ndarray) -> np.ndarr
     return out
 
 
-def _node_labels(numbers: np.ndarray, pairs: np.ndarray) -> np.ndarray:
-    metal = IS_METAL[numbers]
-    labels = np.where(metal, 2, 0).astype(np.uint8)
-    near_metal = np.zeros(len(numbers), dtype=bool)
-    near_metal[pairs[metal[pairs[:, 1]], 0]] = True  # i bonded to a metal j
-    labels[(~metal) & near_metal] = 1
-    return labels
-
-
 def _structure_arrays(ds: CrystalDataset) -> dict[str, Any]:
     """Coordinates, cells, bonds and node labels of every structure of a split."""
     crystals = [ds[i] for i in range(len(ds))]
@@ -146,7 +137,7 @@ def _structure_arrays(ds: CrystalDataset) -> dict[str, Any]:
         pairs, imgs = bond_edges(c.lattice, c.frac, c.numbers)
         bonds.append(pairs.astype(np.int16))
         images.append(imgs.astype(np.int8))
-        labels.append(_node_labels(c.numbers, pairs))
+        labels.append(node_labels(c.numbers, pairs))
         bond_counts.append(len(pairs))
     return {
         "crystals": crystals,
