@@ -11,6 +11,7 @@ from mofasa.cli import main
 from mofasa.data.canonical import canonicalize
 from mofasa.data.cif import read_cif
 from mofasa.data.conditions import formula_string
+from mofasa.data.elements import IS_METAL
 from mofasa.sampling import sample
 from mofasa.sampling.settings import SampleSettings, SampleSettingsError
 from mofasa.training.coordflow import load_coordflow_config, train_coordflow
@@ -64,6 +65,19 @@ def test_bonds_and_guidance_and_inpainting_run_through_the_api(models, reference
         same = np.abs(c.frac - reference.frac).max(1) < 1e-6
         node |= same
     assert node.sum() >= kept[0].metadata["kept_atoms"]
+
+
+def test_corrector_steps_hold_kept_atoms_and_are_recorded(models, reference, tmp_path):
+    kept = sample(str(models[0]), num=2, steps=2, refine=2, inpaint=REF, keep="metals",
+                  device="cpu")
+    metals = IS_METAL[reference.numbers]
+    for c in kept:
+        assert np.allclose(c.frac[metals], reference.frac[metals], atol=1e-6)  # float32
+        assert c.metadata["refine"] == 2
+    plain = sample(str(models[1]), num=2, steps=2, device="cpu")
+    moved = sample(str(models[1]), num=2, steps=2, refine=1, device="cpu")
+    assert plain[0].metadata["refine"] == 0  # the model's own count
+    assert not np.allclose(plain[0].frac, moved[0].frac)
 
 
 def test_element_sets_stay_within_the_set_and_draw_seen_counts(models, reference):

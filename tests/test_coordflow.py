@@ -176,3 +176,37 @@ def test_churn_makes_the_sampler_stochastic_per_structure(example_crystals):
     assert torch.allclose(run(0.3, (1,))[0], noisy[1], atol=1e-5)  # same index, same noise
     with pytest.raises(ValueError, match="churn"):
         CoordFlowConfig(churn=-1.0)
+
+
+def test_refine_moves_free_atoms_onto_the_prediction_and_holds_the_rest(example_crystals):
+    model = _tiny_model().float()
+    batch = _batch(example_crystals, 2)
+    x1, c1, l1 = batch_state(batch, model.codes, model.coder)
+
+    class Oracle(torch.nn.Module):  # a half-way oracle: one corrector step halves the error
+        def forward(self, x, c, lcode, lattice, t, mask):
+            return 0.5 * min_image_frac_torch(x1 - x) * mask.unsqueeze(-1), c1, l1
+
+    model.denoiser = Oracle()
+    m = batch.mask
+    g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    err = lambda out: float(min_image_frac_torch(out.frac - x1).abs()[m].max())  # noqa: E731
+    plain = model.generate(m, steps=3, generator=g())
+    assert torch.equal(model.generate(m, steps=3, generator=g(), refine=0).frac, plain.frac)
+    refined = model.generate(m, steps=3, generator=g(), refine=3)
+    assert err(refined) < 0.2 * err(plain) and err(plain) > 1e-3
+    assert torch.equal(refined.atom_types, plain.atom_types)
+    assert torch.equal(refined.lattice, plain.lattice)
+    with pytest.raises(ValueError, match="refine"):
+        CoordFlowConfig(refine=-1)
+
+
+def test_wsd_schedule_is_flat_then_linear_to_the_floor():
+    from mofasa.training.loop import OptimConfig, lr_factor
+
+    f = [lr_factor(s, 10, 1000, 0.05, "wsd", 200) for s in (5, 10, 500, 800, 900, 1000, 1200)]
+    assert f[0] == pytest.approx(0.6) and f[1] == f[2] == f[3] == 1.0
+    assert f[4] == pytest.approx(0.05 + 0.95 * 0.5) and f[5] == f[6] == pytest.approx(0.05)
+    assert lr_factor(500, 10, 1000, 0.05) < 1.0  # cosine unchanged by default
+    with pytest.raises(ValueError, match="schedule"):
+        OptimConfig(schedule="step")

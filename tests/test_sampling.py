@@ -293,6 +293,7 @@ def test_latent_diagnostics_benchmark_runs(trained):
     (["--atoms", "0"], "atoms must be >= 1"),
     (["--steps", "-3"], "steps must be >= 1"),
     (["--steps", "0"], "steps must be >= 1"),
+    (["--refine", "-1"], "refine must be >= 0"),
     (["--device", "banana"], "unknown device 'banana'"),
     (["--guidance", "2"], "needs a condition"),
     (["--num", "-1"], "num must be >= 0"),
@@ -318,6 +319,15 @@ def test_corrected_rerun_after_a_rejected_one_runs(trained, tmp_path):
     assert run_sample_cli(*common, "--atoms", "0") == 2
     assert run_sample_cli(*common, "--atoms", "30") == 0
     assert json.loads((out / "settings.json").read_text())["identity"]["atoms"] == 30
+
+
+def test_corrector_steps_need_a_coordinate_family_model(trained):
+    from mofasa.sampling.settings import SampleSettingsError
+
+    _, _, dm_path = trained
+    with pytest.raises(SampleSettingsError, match="coordinate-family"):
+        sample(str(dm_path), num=1, steps=2, refine=2, device="cpu")
+    assert len(sample(str(dm_path), num=1, steps=2, refine=0, device="cpu")) == 1
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")

@@ -154,7 +154,8 @@ def iter_samples(model: LatentDiffusion | CoordFlow, indices: Sequence[int],
             noise = CoordNoise(idx, ns, settings.seed, (model.codes.shape[1], 6))
             with torch.autocast(model.device.type, torch.bfloat16, enabled=settings.bf16):
                 out = model.generate(mask.to(model.device), ids, steps=settings.steps,
-                                     noise_fn=noise, cond=cond, guidance=settings.guidance)
+                                     noise_fn=noise, cond=cond, guidance=settings.guidance,
+                                     refine=settings.refine)
         else:
             noise = StructureNoise(idx, ns, settings.seed,
                                    (model.local_mean.numel(), model.global_mean.numel()))
@@ -178,6 +179,7 @@ def sample(
     guidance: float = 1.0,
     *,
     sampler: str | None = None,
+    refine: int | None = None,
     atoms_from: str = "data",
     bf16: bool = False,
     progress: bool = False,
@@ -202,6 +204,7 @@ def sample(
         device: ``"auto"``, ``"cpu"``, ``"cuda"``, ...
         guidance: classifier-free guidance scale (1: none; other values need a condition).
         sampler: ``"ddim"`` / ``"ddpm"`` (latent family) or ``"euler"`` (coordinate family).
+        refine: corrector steps after the last step (coordinate family; default: the model's).
         atoms_from: ``"data"`` or a prepared dataset folder to draw atom counts from.
         bf16: bf16 autocast for the denoiser.
         progress: show a progress bar.
@@ -225,7 +228,7 @@ def sample(
     name = "<model>" if isinstance(model, (LatentDiffusion, CoordFlow)) else str(model)
     opt = lambda v: None if v is None else str(v)  # noqa: E731
     settings = SampleSettings(model=name, num=num, seed=seed, atoms=atoms, atoms_from=atoms_from,
-                              steps=steps, sampler=sampler, guidance=guidance,
+                              steps=steps, sampler=sampler, refine=refine, guidance=guidance,
                               batch_size=batch_size, device=device, bf16=bf16, formula=formula,
                               elements=elements, metal=metal, bonds_from=opt(bonds_from),
                               inpaint=opt(inpaint), keep=keep, free_lattice=free_lattice).check()

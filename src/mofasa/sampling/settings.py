@@ -47,6 +47,8 @@ class SampleSettings:
             whose train split's histogram to draw N from (unused with ``atoms``).
         steps: sampler steps (None: the model's configured count).
         sampler: ``"ddim"`` or ``"ddpm"`` (None: the model's).
+        refine: corrector steps after the last sampler step (coordinate family; None: the
+            model's configured count).
         guidance: classifier-free guidance scale (1: none).
         batch_size: structures per batch (batches group equal atom counts).
         device: ``auto``, ``cpu``, ``cuda``, ``cuda:N``, ``mps``.
@@ -69,6 +71,7 @@ class SampleSettings:
     atoms_from: str = "data"
     steps: int | None = None
     sampler: str | None = None
+    refine: int | None = None
     guidance: float = 1.0
     batch_size: int = 64
     device: str = "auto"
@@ -100,6 +103,8 @@ class SampleSettings:
                  f"steps must be >= 1, got {self.steps} (omit it for the model's default)")
         _require(self.sampler is None or self.sampler in SAMPLERS,
                  f"sampler must be one of {', '.join(SAMPLERS)}, got {self.sampler!r}")
+        _require(self.refine is None or self.refine >= 0,
+                 f"refine must be >= 0, got {self.refine} (omit it for the model's default)")
         _require(self.batch_size >= 1, f"batch size must be >= 1, got {self.batch_size}")
         _require(math.isfinite(self.guidance), f"guidance must be finite, got {self.guidance}")
         self._check_condition()
@@ -156,8 +161,12 @@ class SampleSettings:
         allowed = ("euler",) if own == "euler" else ("ddim", "ddpm")
         _require(sampler in allowed, f"sampler {sampler!r} does not fit this model (use "
                  f"{' or '.join(allowed)})")
+        own_refine = getattr(model.config, "refine", None)
+        _require(own_refine is not None or not self.refine,
+                 f"refine {self.refine}: corrector steps need a coordinate-family model")
+        refine = own_refine if self.refine is None else self.refine
         out = dataclasses.replace(self, steps=int(self.steps or model.config.steps),
-                                  sampler=sampler).check()
+                                  sampler=sampler, refine=refine).check()
         _warn_atom_range(out, model.num_atoms_hist,
                          model.num_atoms_hist if size_hist is None else size_hist)
         return out
@@ -182,7 +191,7 @@ class SampleSettings:
         device, which do not change any structure)."""
         d = self.to_dict()
         return {k: d[k] for k in ("model", "seed", "atoms", "atoms_from", "steps", "sampler",
-                                  "guidance", "bf16", *CONDITION_FIELDS, "keep",
+                                  "refine", "guidance", "bf16", *CONDITION_FIELDS, "keep",
                                   "free_lattice")}
 
 

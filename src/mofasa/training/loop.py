@@ -63,6 +63,16 @@ class OptimConfig:
     min_lr_ratio: float = 0.05
     grad_clip: float = 1.0
     ema_decay: float = 0.999
+    # "cosine": warm-up, cosine decay to min_lr_ratio at total_steps; "wsd" (warm-up, stable,
+    # decay): constant after warm-up, then linear to min_lr_ratio over the last decay_steps
+    # (a cool-down branch of a long run: resume a copy with a nearer total_steps)
+    schedule: str = "cosine"
+    decay_steps: int = 0
+
+    def __post_init__(self) -> None:
+        if self.schedule not in ("cosine", "wsd") or self.decay_steps < 0:
+            raise ValueError(f"optim.schedule must be 'cosine' or 'wsd' and decay_steps >= 0, "
+                             f"got {self.schedule!r}, {self.decay_steps}")
 
 
 @dataclass(frozen=True)
@@ -122,10 +132,17 @@ class _Distributed:
             torch.distributed.destroy_process_group()
 
 
-def lr_factor(step: int, warmup: int, total: int, min_ratio: float) -> float:
-    """Linear warm-up to 1, then cosine decay to ``min_ratio`` at ``total``."""
+def lr_factor(step: int, warmup: int, total: int, min_ratio: float,
+              schedule: str = "cosine", decay_steps: int = 0) -> float:
+    """Linear warm-up to 1, then cosine decay to ``min_ratio`` at ``total``; or (``wsd``) 1
+    until ``total - decay_steps``, then linear to ``min_ratio`` at ``total``."""
     if step < warmup:
         return (step + 1) / max(1, warmup)
+    if schedule == "wsd":
+        left = total - step
+        if left >= decay_steps:
+            return 1.0
+        return min_ratio + (1 - min_ratio) * max(0, left) / max(1, decay_steps)
     progress = min(1.0, (step - warmup) / max(1, total - warmup))
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
@@ -433,7 +450,7 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = self.optim_cfg.lr * lr_factor(
                 self.step, self.optim_cfg.warmup_steps, self.optim_cfg.total_steps,
-                self.optim_cfg.min_lr_ratio)
+                self.optim_cfg.min_lr_ratio, self.optim_cfg.schedule, self.optim_cfg.decay_steps)
         use_bf16 = self.run_cfg.bf16 and self.device.type == "cuda"
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_bf16):
             loss, metrics = module(batch)
