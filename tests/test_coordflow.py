@@ -210,3 +210,22 @@ def test_wsd_schedule_is_flat_then_linear_to_the_floor():
     assert lr_factor(500, 10, 1000, 0.05) < 1.0  # cosine unchanged by default
     with pytest.raises(ValueError, match="schedule"):
         OptimConfig(schedule="step")
+
+
+def test_velocity_weighting_has_mean_one_and_grows_towards_the_data(example_crystals):
+    import dataclasses
+
+    model = _tiny_model()
+    model.config = dataclasses.replace(model.config, coord_weighting="velocity")
+    u = torch.rand(200_000, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    w = model.coord_weight(u.pow(model.config.time_power) * model.config.t_max)
+    assert float(w.mean()) == pytest.approx(1.0, rel=0.02)
+    t = torch.tensor([0.1, 0.5, 0.9, 0.99, 0.999], dtype=torch.float64)
+    wt = model.coord_weight(t)
+    assert torch.all(wt[1:] >= wt[:-1]) and wt[-1] == wt[-2]  # capped at the floor
+    assert float(wt[2] / wt[0]) == pytest.approx((0.9 / 0.1) ** 2, rel=1e-6)
+    torch.manual_seed(0)
+    loss, metrics = model.train()(_batch(example_crystals, 2))
+    assert torch.isfinite(loss) and "loss_coord_weighted" in metrics
+    with pytest.raises(ValueError, match="coord_weighting"):
+        CoordFlowConfig(coord_weighting="sigma")
