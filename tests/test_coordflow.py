@@ -224,6 +224,9 @@ def test_velocity_weighting_has_mean_one_and_grows_towards_the_data(example_crys
     wt = model.coord_weight(t)
     assert torch.all(wt[1:] >= wt[:-1]) and wt[-1] == wt[-2]  # capped at the floor
     assert float(wt[2] / wt[0]) == pytest.approx((0.9 / 0.1) ** 2, rel=1e-6)
+    model.config = dataclasses.replace(model.config, coord_weight_power=1.0)
+    half = model.coord_weight(t)
+    assert float(half[2] / half[0]) == pytest.approx(0.9 / 0.1, rel=1e-6)
     torch.manual_seed(0)
     loss, metrics = model.train()(_batch(example_crystals, 2))
     assert torch.isfinite(loss) and "loss_coord_weighted" in metrics

@@ -67,11 +67,13 @@ class CoordFlowConfig:
             stay), one forward each (0: none). Bond lengths are decided there.
         refine_t: the time the corrector steps denoise at.
         coord_weighting: ``uniform`` (every training time's coordinate error counts as is) or
-            ``velocity``: weighted by 1 / max(1 - t, velocity_floor)^2, the velocity error
-            the sampler integrates, normalised to mean 1 over the training times. Uniform
+            ``velocity``: weighted by 1 / max(1 - t, velocity_floor)^coord_weight_power (2:
+            the velocity error the sampler integrates; 1: halfway to uniform in log weight),
+            normalised to mean 1 over the training times. Uniform
             weights leave the nearly clean times, where bond lengths are decided, with ~1/600
             of the gradient of t = 0.1 (their errors are ~0.1 Å against ~4 Å).
-        velocity_floor: smallest 1 - t of that weight (its cap is 1 / floor^2).
+        velocity_floor: smallest 1 - t of that weight (its cap is 1 / floor^power).
+        coord_weight_power: the power of that weight.
         overlap_weight: weight of a hinge penalty on pairs of the predicted clean structure
             closer than ``max(0.8 Å, 0.7 (r_i + r_j))`` (Cordero radii; no QMOF pair is),
             weighted by t (0: off). Samples otherwise keep collapsing atoms onto one site.
@@ -93,6 +95,7 @@ class CoordFlowConfig:
     refine_t: float = 0.99
     coord_weighting: str = "uniform"
     velocity_floor: float = 0.02
+    coord_weight_power: float = 2.0
 
     def __post_init__(self) -> None:
         if self.refine < 0 or not 0 < self.refine_t <= 1:
@@ -224,12 +227,13 @@ class CoordFlow(nn.Module):
         return loss, dict(zip(metrics, values, strict=True))
 
     def coord_weight(self, t: torch.Tensor) -> torch.Tensor:
-        """(B,) velocity weights 1 / max(1 - t, floor)^2 over their mean under the training
-        time distribution t = u^time_power * t_max (midpoint rule on 4,096 points of u)."""
-        floor, cfg = self.config.velocity_floor, self.config
+        """(B,) velocity weights 1 / max(1 - t, floor)^power over their mean under the
+        training time distribution t = u^time_power * t_max (midpoint rule on 4,096 points)."""
+        cfg = self.config
+        floor, p = cfg.velocity_floor, cfg.coord_weight_power
         u = (torch.arange(4096, dtype=torch.float64) + 0.5) / 4096
-        mean = (1.0 - u.pow(cfg.time_power) * cfg.t_max).clamp(min=floor).pow(-2).mean()
-        return ((1.0 - t).clamp(min=floor).pow(-2) / mean).to(t.dtype)
+        mean = (1.0 - u.pow(cfg.time_power) * cfg.t_max).clamp(min=floor).pow(-p).mean()
+        return ((1.0 - t).clamp(min=floor).pow(-p) / mean).to(t.dtype)
 
     def _overlap_penalty(self, x_hat: torch.Tensor, batch: CrystalBatch, t: torch.Tensor
                          ) -> torch.Tensor:
