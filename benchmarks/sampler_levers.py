@@ -72,13 +72,14 @@ def main() -> None:
     parser.add_argument("--num", type=int, default=100)
     parser.add_argument("--variants", nargs="+", default=["steps=25"])
     parser.add_argument("--no-validity", action="store_true")
+    parser.add_argument("--raw", action="store_true", help="the raw weights, not the EMA")
     args = parser.parse_args()
     warnings.simplefilter("ignore")
     torch.set_num_threads(2)
     from mofasa.checkpoint import load_coordflow
     from mofasa.sampling.api import plan_sizes
 
-    model = load_coordflow(args.model)
+    model = load_coordflow(args.model, ema=not args.raw)
     base = model.config
     sizes = np.array(plan_sizes(range(args.num), 0, model.num_atoms_hist))
     for text in args.variants:
