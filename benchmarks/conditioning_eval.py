@@ -86,12 +86,11 @@ def _generate(model, refs, mode: str, per: int, guidance: float, steps: int, see
 def _adherence(mode: str, refs, made, diags) -> dict:
     from mofasa.data.conditions import keep_selection, node_labels
     from mofasa.data.elements import IS_METAL
-    from mofasa.data.quality import nearest_neighbours, pooled_bonded_share
+    from mofasa.data.quality import close_pair_share, pooled_bonded_share
 
     crystals = [c for _, c in made]
     res = {"num": len(crystals), "bonded_share": round(pooled_bonded_share(crystals), 4),
-           "pair_below_0.8A": round(float(np.mean(
-               [(nearest_neighbours(c)[0] < 0.8).any() for c in crystals])), 4),
+           "pair_below_0.8A": round(close_pair_share(crystals), 4),
            "metal_c_h": round(float(np.mean([bool(IS_METAL[c.numbers].any()) and 6 in c.numbers
                                               and 1 in c.numbers for c in crystals])), 4)}
     if mode == "unconditional":

@@ -48,15 +48,14 @@ def _draw(model, sizes: np.ndarray, steps: int, batch: int = 50) -> list:
 
 def _scores(crystals: list, validity: bool) -> dict[str, object]:
     from mofasa.data.elements import IS_METAL
-    from mofasa.data.quality import nearest_neighbours, pooled_bonded_share
+    from mofasa.data.quality import close_pair_share, pooled_bonded_share
     from mofasa.evaluation.validity import check_validity
 
     mch = [bool(IS_METAL[c.numbers].any() and (c.numbers == 6).any()
                 and (c.numbers == 1).any()) for c in crystals]
     row: dict[str, object] = {
         "bonded": round(pooled_bonded_share(crystals), 4),
-        "pair_below_0.8A": round(float(np.mean([(nearest_neighbours(c)[0] < 0.8).any()
-                                                for c in crystals])), 3),
+        "pair_below_0.8A": round(close_pair_share(crystals), 3),
         "metal_c_h": round(float(np.mean(mch)), 3)}
     if validity:
         verdicts = [check_validity(c, "default", screen=True) for c in crystals]

@@ -232,3 +232,13 @@ def test_velocity_weighting_has_mean_one_and_grows_towards_the_data(example_crys
     assert torch.isfinite(loss) and "loss_coord_weighted" in metrics
     with pytest.raises(ValueError, match="coord_weighting"):
         CoordFlowConfig(coord_weighting="sigma")
+
+
+def test_close_pair_share_counts_structures_with_a_pair_below_the_cutoff(example_crystals):
+    from mofasa.data.quality import close_pair_share
+
+    real = sorted(example_crystals, key=lambda c: c.num_atoms)[:2]
+    bad = real[0].copy(frac=np.vstack([real[0].frac, real[0].frac[:1] + 0.001]),
+                       numbers=np.append(real[0].numbers, real[0].numbers[0]))
+    assert close_pair_share(real) == 0.0 and close_pair_share([bad, *real]) == pytest.approx(1 / 3)
+    assert close_pair_share([]) == 0.0

@@ -68,3 +68,10 @@ def pooled_bonded_share(crystals: Iterable[Crystal]) -> float:
     flags = [_bonded_flags(c) for c in crystals]
     total = sum(len(f) for f in flags)
     return float(sum(int(f.sum()) for f in flags) / total) if total else 0.0
+
+
+def close_pair_share(crystals: Iterable[Crystal], cutoff: float = 0.8) -> float:
+    """Share of structures with two atoms (or an atom and an image) closer than ``cutoff`` Å
+    (no QMOF structure has one at 0.8 Å)."""
+    flags = [bool((nearest_neighbours(c)[0] < cutoff).any()) for c in crystals]
+    return float(np.mean(flags)) if flags else 0.0

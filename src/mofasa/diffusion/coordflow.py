@@ -18,6 +18,7 @@ nearest code among the real elements, positions and lattice are read directly (n
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -231,8 +232,7 @@ class CoordFlow(nn.Module):
         training time distribution t = u^time_power * t_max (midpoint rule on 4,096 points)."""
         cfg = self.config
         floor, p = cfg.velocity_floor, cfg.coord_weight_power
-        u = (torch.arange(4096, dtype=torch.float64) + 0.5) / 4096
-        mean = (1.0 - u.pow(cfg.time_power) * cfg.t_max).clamp(min=floor).pow(-p).mean()
+        mean = _mean_coord_weight(cfg.time_power, cfg.t_max, floor, p)
         return ((1.0 - t).clamp(min=floor).pow(-p) / mean).to(t.dtype)
 
     def _overlap_penalty(self, x_hat: torch.Tensor, batch: CrystalBatch, t: torch.Tensor
@@ -388,6 +388,14 @@ def ot_coupled_noise(x0: torch.Tensor, x1: torch.Tensor, lattice: torch.Tensor,
             rows, cols = linear_sum_assignment(np.square(d @ lat[b]).sum(-1))
             out[b, idx[rows]] = a0[b, idx[cols]]
     return torch.from_numpy(out).to(x0)
+
+
+@functools.lru_cache(maxsize=8)
+def _mean_coord_weight(time_power: float, t_max: float, floor: float, power: float) -> float:
+    """E[max(1 - t, floor)^-power] for t = u^time_power * t_max (computed once per setting,
+    not every training step)."""
+    u = (torch.arange(4096, dtype=torch.float64) + 0.5) / 4096
+    return float((1.0 - u.pow(time_power) * t_max).clamp(min=floor).pow(-power).mean())
 
 
 def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -17,7 +17,7 @@ import torch
 from mofasa.config import load_config, to_dict
 from mofasa.data.atom_counts import AtomCountModel
 from mofasa.data.dataset import CrystalDataset
-from mofasa.data.quality import nearest_neighbours, pooled_bonded_share
+from mofasa.data.quality import close_pair_share, pooled_bonded_share
 from mofasa.diffusion.coordflow import CoordFlow, CoordFlowConfig
 from mofasa.models.coord_denoiser import CoordDenoiser, CoordDenoiserConfig
 from mofasa.training.autoencoder import atom_count_histogram
@@ -109,8 +109,7 @@ def coordflow_probes(model: CoordFlow, crystals: list, sizes: np.ndarray, sample
             mask = torch.ones(int((counts == n).sum()), int(n), dtype=torch.bool)
             made += model.generate(mask.to(model.device), steps=steps, generator=g).unbatch()
         out["denovo_bonded"] = pooled_bonded_share(made)
-        out["denovo_pair_below_0.8A"] = float(np.mean(
-            [(nearest_neighbours(c)[0] < 0.8).any() for c in made]))
+        out["denovo_pair_below_0.8A"] = close_pair_share(made)
     model.train(was)
     return out
 
