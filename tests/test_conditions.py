@@ -29,6 +29,7 @@ from mofasa.diffusion.conditions import (
     training_conditions,
 )
 from mofasa.diffusion.coordflow import CoordFlow
+from mofasa.geometry.graphs import nearest_image_graph_batch
 from mofasa.models.coord_denoiser import CoordDenoiser
 from mofasa.training.coordflow import load_coordflow_config
 
@@ -126,6 +127,45 @@ def test_the_conditional_loss_trains_on_every_task(canonical_examples):
         assert torch.isfinite(loss) and all(np.isfinite(v) for v in metrics.values())
     assert model.denoiser.allowed_in.weight.grad.abs().sum() > 0
     assert model.denoiser.hop_bias.weight.grad[1:].abs().sum() > 0
+
+
+def test_nearest_image_edges_match_a_brute_force_image_search(canonical_examples):
+    batch = collate(canonical_examples[:3], dtype=torch.float64)
+    hops = bond_hops(batch.frac, batch.lattice, batch.atom_types, batch.mask)
+    b, i, j = (hops == 2).nonzero(as_tuple=True)
+    graph = nearest_image_graph_batch(batch.frac, batch.lattice, b, i, j)
+    n_pad = batch.frac.shape[1]
+    assert torch.equal(graph.edge_index, torch.stack([b * n_pad + i, b * n_pad + j]))
+    shifts = torch.cartesian_prod(*[torch.arange(-2, 3)] * 3).double()  # (125, 3)
+    d = batch.frac[b, j] - batch.frac[b, i]  # (E, 3)
+    brute = torch.einsum("eks,est->ekt", d.unsqueeze(1) + shifts, batch.lattice[b])
+    assert torch.allclose(graph.distances, brute.norm(dim=-1).min(1).values)
+    again = (d + graph.offsets.double()).unsqueeze(1) @ batch.lattice[b]  # (E, 1, 3)
+    assert torch.allclose(again.squeeze(1), graph.vectors)
+    # every bond lies within the bond rule, so the nearest image is a bond length
+    assert float(graph.distances.max()) < 3.5
+
+
+def test_bond_edges_reach_bonded_partners_and_leave_other_rows_unchanged(canonical_examples):
+    crystals = canonical_examples[:2]
+    batch = collate(crystals)
+    plain = _model()
+    cfg = dataclasses.replace(plain.denoiser.config, bond_edges=True)
+    edged = CoordFlow(CoordDenoiser(cfg), plain.config).eval()
+    edged.load_state_dict(plain.state_dict())  # the same weights: bond edges add none
+    assert torch.equal(_generate(plain, batch.mask).frac, _generate(edged, batch.mask).frac)
+    conds = [dataclasses.replace(formula_condition(c.numbers),
+                                 bonds=np.unique(bond_edges(c.lattice, c.frac, c.numbers)[0],
+                                                 axis=0)) for c in crystals]
+    conds = [dataclasses.replace(c, bonds=c.bonds[c.bonds[:, 0] != c.bonds[:, 1]])
+             for c in conds]
+    cond = ConditionBatch.from_conditions(conds, batch.mask.shape[1])
+    formula = ConditionBatch.from_conditions([formula_condition(c.numbers) for c in crystals],
+                                             batch.mask.shape[1])
+    assert torch.equal(_generate(plain, batch.mask, formula).frac,
+                       _generate(edged, batch.mask, formula).frac)
+    assert not torch.allclose(_generate(plain, batch.mask, cond).frac,
+                              _generate(edged, batch.mask, cond).frac)
 
 
 def _generate(model, mask, cond=None, guidance=1.0, seed=0):

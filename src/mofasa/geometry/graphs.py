@@ -44,6 +44,7 @@ __all__ = [
     "interplanar_spacings",
     "knn_graph_pbc",
     "knn_graph_pbc_batch",
+    "nearest_image_graph_batch",
     "radius_graph_pbc",
     "radius_graph_pbc_batch",
 ]
@@ -471,3 +472,38 @@ def knn_graph_pbc_batch(
         ordered by crystal, then as in :func:`knn_graph_pbc`. Padded atoms have no edges.
     """
     return _batched(frac, lattice, mask, lambda f, lat: knn_graph_pbc(f, lat, k, cutoff=cutoff))
+
+
+def nearest_image_graph_batch(
+    frac: torch.Tensor, lattice: torch.Tensor, crystal: torch.Tensor, i: torch.Tensor,
+    j: torch.Tensor,
+) -> PeriodicGraph:
+    """Edges for given atom pairs of a padded batch, each to the nearest periodic image of j.
+
+    The image is searched among the 27 shifts around the fractional minimum image, which holds
+    the Cartesian nearest image of any pair in a Niggli-reduced cell (every prepared cell is).
+
+    Args:
+        frac: (B, N, 3) fractional coordinates.
+        lattice: (B, 3, 3) row-vector lattices in Å.
+        crystal, i, j: (E,) int64 crystal index and the two atoms' indices within it.
+
+    Returns:
+        A :class:`PeriodicGraph` with ``edge_index`` into the flattened ``B * N`` axis
+        (detached: the pairs are given, not searched).
+    """
+    n_pad = frac.shape[1]
+    d = (frac[crystal, j] - frac[crystal, i]).detach()  # (E, 3) x_j - x_i
+    box = torch.tensor([-1, 0, 1], device=frac.device)
+    shifts = torch.cartesian_prod(box, box, box).to(d.dtype)  # (27, 3)
+    cand = torch.round(-d).unsqueeze(1) + shifts  # (E, 27, 3) integer image offsets
+    vec = torch.einsum("eks,est->ekt", d.unsqueeze(1) + cand, lattice[crystal].detach())
+    best = vec.norm(dim=-1).argmin(dim=1)  # (E,)
+    rows = torch.arange(len(best), device=frac.device)
+    vectors = vec[rows, best]  # (E, 3) Å
+    return PeriodicGraph(
+        edge_index=torch.stack([crystal * n_pad + i, crystal * n_pad + j]),
+        offsets=cand[rows, best].round().long(),
+        vectors=vectors,
+        distances=vectors.norm(dim=-1),
+    )

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from mofasa.data.batch import CrystalBatch
-from mofasa.geometry.graphs import knn_graph_pbc_batch
+from mofasa.geometry.graphs import PeriodicGraph, knn_graph_pbc_batch, nearest_image_graph_batch
 from mofasa.geometry.lattice_torch import lattice_from_parameters_torch
 from mofasa.models.autoencoder import GaussianRBF
 from mofasa.models.config import BackboneConfig
@@ -46,6 +46,11 @@ class CoordDenoiserConfig:
             hop classes, kept atoms); see `mofasa.diffusion.conditions`.
         condition_features: width of the per-crystal condition features.
         hop_classes: number of bond-graph distance classes (0: none given).
+        bond_edges: given bonds (hop class 2) also become edges of the local step, to the
+            nearest image of the partner at the current noisy positions, so that an atom can
+            move toward a bonded partner outside its k nearest neighbours (the coordinate
+            velocity is a sum over edges; without them a bond condition can only bias
+            attention, whose values carry no displacement).
     """
 
     local: BackboneConfig = field(
@@ -61,6 +66,7 @@ class CoordDenoiserConfig:
     conditional: bool = False
     condition_features: int = 206
     hop_classes: int = 6
+    bond_edges: bool = False
 
     def __post_init__(self) -> None:
         if self.local.local != "knn" or self.dense.local != "dense":
@@ -170,7 +176,11 @@ class CoordDenoiser(nn.Module):
         """
         B, N, _ = frac.shape
         m = mask.unsqueeze(-1).to(frac.dtype)  # (B, N, 1)
+        if self.config.conditional and cond is None:  # no condition: the all-zero condition
+            cond = self.null_condition(B, N, frac.device)
         graph = knn_graph_pbc_batch(frac.detach(), lattice.detach(), mask, self.config.knn_k)
+        if self.config.conditional and self.config.bond_edges:
+            graph = _with_bond_edges(graph, frac, lattice, cond["hops"])
         edge_attr = self.rbf(graph.distances.detach())  # (E, R)
         temb = timestep_embedding(t * 1000.0, self.config.time_embed_dim)  # (B, T) float32
         c = self.time_embed(temb.to(self.type_in.weight.dtype))  # (B, D)
@@ -178,8 +188,6 @@ class CoordDenoiser(nn.Module):
         g = self.lattice_in(lattice_code)  # (B, D)
         hops = None
         if self.config.conditional:
-            if cond is None:  # no condition: the all-zero (null) condition
-                cond = self.null_condition(B, N, frac.device)
             h, c, edge_attr, hops = self._condition(h, c, edge_attr, graph, cond, m, N)
         h, g = self.local(h, g, mask, edge_index=graph.edge_index, edge_attr=edge_attr, cond=c,
                           context=lattice_code)  # (B, N, D), (B, D)
@@ -226,6 +234,21 @@ class CoordDenoiser(nn.Module):
         v = torch.zeros(B * N, 3, dtype=h.dtype, device=h.device)
         v.index_add_(0, i, w * d_frac.to(h.dtype))  # (B N, 3)
         return v.view(B, N, 3) / math.sqrt(self.config.knn_k)
+
+
+def _with_bond_edges(graph: PeriodicGraph, frac: torch.Tensor, lattice: torch.Tensor,
+                     hops: torch.Tensor) -> PeriodicGraph:
+    """The k-NN graph plus one edge per given bond (hop class 2: bonded), i -> nearest image
+    of j; a bond already among the k nearest then appears twice (a second, own weight)."""
+    b, i, j = (hops == 2).nonzero(as_tuple=True)  # (E_b,) x 3
+    if not len(b):
+        return graph
+    bonds = nearest_image_graph_batch(frac, lattice, b, i, j)
+    return PeriodicGraph(
+        edge_index=torch.cat([graph.edge_index, bonds.edge_index], dim=1),
+        offsets=torch.cat([graph.offsets, bonds.offsets]),
+        vectors=torch.cat([graph.vectors, bonds.vectors.to(graph.vectors.dtype)]),
+        distances=torch.cat([graph.distances, bonds.distances.to(graph.distances.dtype)]))
 
 
 def batch_state(batch: CrystalBatch, codes: torch.Tensor, coder: LatticeCoder
