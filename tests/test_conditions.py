@@ -168,6 +168,22 @@ def test_bond_edges_reach_bonded_partners_and_leave_other_rows_unchanged(canonic
                               _generate(edged, batch.mask, cond).frac)
 
 
+def test_the_overlap_penalty_is_scaled_on_bond_tasks_only(canonical_examples):
+    batch = collate(canonical_examples[:3])
+    model = _model().train()
+    pens = {}
+    for task in ("bonds", "formula"):
+        for factor in (1.0, 10.0):
+            model.config = dataclasses.replace(
+                model.config, mix=ConditionMix(**{t: float(t == task) for t in TASKS}),
+                overlap_weight=1.0, overlap_bonds_factor=factor)
+            torch.manual_seed(0)
+            pens[task, factor] = model(batch)[1]["loss_overlap"]
+    assert pens["bonds", 1.0] > 0 and pens["formula", 1.0] > 0
+    assert pens["bonds", 10.0] == pytest.approx(10 * pens["bonds", 1.0], rel=1e-5)
+    assert pens["formula", 10.0] == pytest.approx(pens["formula", 1.0], rel=1e-6)
+
+
 def _generate(model, mask, cond=None, guidance=1.0, seed=0):
     return model.generate(mask, steps=3, generator=torch.Generator().manual_seed(seed),
                           cond=cond, guidance=guidance)
