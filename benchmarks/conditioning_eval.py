@@ -56,7 +56,8 @@ def _conditions(mode: str, ref) -> object | None:
     return cond
 
 
-def _generate(model, refs, mode: str, per: int, guidance: float, steps: int, seed: int):
+def _generate(model, refs, mode: str, per: int, guidance: float, steps: int, seed: int,
+              refine: int | None = None):
     from mofasa.diffusion.conditions import ConditionBatch
     from mofasa.sampling.api import CoordNoise
 
@@ -75,7 +76,7 @@ def _generate(model, refs, mode: str, per: int, guidance: float, steps: int, see
             diag: dict = {}
             batch = model.generate(mask, steps=steps, noise_fn=CoordNoise(
                 idx, [n] * len(chunk), seed, (model.codes.shape[1], 6)), cond=cb,
-                guidance=guidance, diagnostics=diag)
+                guidance=guidance, refine=refine, diagnostics=diag)
             for b, c in enumerate(batch.unbatch()):
                 out.append((chunk[b][0], c))
                 diag_rows.append({"free_types": diag["free_types"][b, :n].numpy(),
@@ -180,6 +181,8 @@ def main() -> None:
     ap.add_argument("--per", type=int, default=5)
     ap.add_argument("--guidance", type=float, nargs="+", default=[1.0, 2.0])
     ap.add_argument("--steps", type=int, default=None)
+    ap.add_argument("--refine", type=int, default=None,
+                    help="corrector steps (default: the model's)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
@@ -201,13 +204,16 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     steps = args.steps or model.config.steps
     report: dict = {"model": args.model, "step": model.checkpoint_info["step"],
-                    "conditions": len(refs), "per": args.per, "steps": steps, "modes": {}}
+                    "conditions": len(refs), "per": args.per, "steps": steps,
+                    "refine": model.config.refine if args.refine is None else args.refine,
+                    "modes": {}}
     curves: dict = {}
     for mode in args.modes:
         for w in ([1.0] if mode == "unconditional" else args.guidance):
             name = f"{mode}@w{w:g}"
             t0 = time.perf_counter()
-            made, diags = _generate(model, refs, mode, args.per, w, steps, args.seed)
+            made, diags = _generate(model, refs, mode, args.per, w, steps, args.seed,
+                                    args.refine)
             res = _adherence(mode, refs, made, diags)
             res["sample_seconds"] = round(time.perf_counter() - t0, 1)
             validity, valid = _validity([c for _, c in made], out / name, args.workers,
