@@ -228,9 +228,9 @@ class CoordFlow(nn.Module):
         if fit_x is not loss_x:
             metrics["loss_coord_weighted"] = fit_x
         if self.config.overlap_weight > 0:
-            weight = t.new_tensor([self.config.overlap_bonds_factor if k == "bonds" else 1.0
-                                   for k in tasks]) if tasks else torch.ones_like(t)
-            pen = self._overlap_penalty(state[0] + d_hat, batch, t * weight)
+            factor = [self.config.overlap_bonds_factor if k == "bonds" else 1.0 for k in tasks]
+            weight = t * t.new_tensor(factor) if tasks else t  # (B,)
+            pen = self._overlap_penalty(state[0] + d_hat, batch, weight)
             loss = loss + self.config.overlap_weight * pen
             metrics["loss_overlap"] = pen
         values = torch.stack([v.detach().float() for v in metrics.values()]).tolist()
@@ -244,16 +244,16 @@ class CoordFlow(nn.Module):
         mean = _mean_coord_weight(cfg.time_power, cfg.t_max, floor, p)
         return ((1.0 - t).clamp(min=floor).pow(-p) / mean).to(t.dtype)
 
-    def _overlap_penalty(self, x_hat: torch.Tensor, batch: CrystalBatch, t: torch.Tensor
-                         ) -> torch.Tensor:
-        """sum over pairs of t * relu(d_min - d_ij)^2 of the predicted clean coordinates
-        (through the true lattice), per atom (Å^2); ``t`` (B,) may carry per-structure
-        weights."""
+    def _overlap_penalty(self, x_hat: torch.Tensor, batch: CrystalBatch,
+                         weight: torch.Tensor) -> torch.Tensor:
+        """sum over pairs of weight_b * relu(d_min - d_ij)^2 of the predicted clean
+        coordinates (through the true lattice), per atom (Å^2); ``weight`` (B,) is t times the
+        task's factor."""
         d = pair_distances_torch(x_hat, batch.lattice)  # (B, N, N)
         r = self.radii[batch.atom_types]  # (B, N)
         d_min = (0.7 * (r.unsqueeze(1) + r.unsqueeze(2))).clamp(min=0.8)  # (B, N, N)
         pair = batch.mask.unsqueeze(1) & batch.mask.unsqueeze(2)
-        pen = torch.relu(d_min - d).square() * pair * t.view(-1, 1, 1)
+        pen = torch.relu(d_min - d).square() * pair * weight.view(-1, 1, 1)
         return pen.sum() / batch.mask.sum().clamp(min=1)
 
     def time_grid(self, steps: int) -> list[float]:

@@ -503,7 +503,7 @@ def nearest_image_graph_batch(
     vectors = vec[rows, best]  # (E, 3) Å
     return PeriodicGraph(
         edge_index=torch.stack([crystal * n_pad + i, crystal * n_pad + j]),
-        offsets=cand[rows, best].round().long(),
+        offsets=cand[rows, best].long(),  # exact: whole numbers in float
         vectors=vectors,
         distances=vectors.norm(dim=-1),
     )
