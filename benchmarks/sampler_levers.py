@@ -8,7 +8,8 @@ variant.
     python benchmarks/sampler_levers.py MODEL [--num 100] [--variants steps=25 steps=25,refine=4]
 
 A variant is comma-separated ``key=value``: ``steps`` (Euler steps), ``refine`` (extra
-corrector steps after the last one), ``refine_t`` (the time they denoise at), ``grid_power``.
+corrector steps after the last one), ``refine_t`` (the time they denoise at), ``grid_power``,
+``restarts``, ``restart_t``, ``restart_steps`` (restart sampling).
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ import warnings
 
 import numpy as np
 import torch
+
+INT_FIELDS = ("steps", "refine", "restarts", "restart_steps")
 
 
 def _variant(text: str) -> dict[str, float]:
@@ -83,8 +86,7 @@ def main() -> None:
     sizes = np.array(plan_sizes(range(args.num), 0, model.num_atoms_hist))
     for text in args.variants:
         v = _variant(text)
-        fields = {k: (int(x) if k in ("steps", "refine") else x) for k, x in v.items()
-                  if k != "steps"}
+        fields = {k: (int(x) if k in INT_FIELDS else x) for k, x in v.items() if k != "steps"}
         model.config = dataclasses.replace(base, **fields)
         t0 = time.perf_counter()
         crystals = _draw(model, sizes, int(v.get("steps", base.steps)))

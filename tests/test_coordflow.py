@@ -67,6 +67,34 @@ def test_predictions_are_translation_invariant_and_permutation_equivariant(examp
     assert torch.allclose(pout[2], out[2], atol=1e-8)
 
 
+def test_order_features_start_as_the_old_model_and_then_break_equivariance(example_crystals):
+    import dataclasses
+
+    base = _tiny_model()
+    cfg = dataclasses.replace(base.denoiser.config, order_features=True)
+    torch.manual_seed(0)
+    ordered = CoordDenoiser(cfg).double().eval()
+    missing = ordered.load_state_dict(base.denoiser.state_dict(), strict=False).missing_keys
+    assert sorted(missing) == ["order_in.bias", "order_in.weight"]
+    batch = _batch(example_crystals, 2)
+    x, c, lcode = batch_state(batch, base.codes.double(), base.coder)
+    t = torch.tensor([0.4, 0.9], dtype=torch.float64)
+    args = (batch.lattice, t, batch.mask)
+    for a, b in zip(base.denoiser(x, c, lcode, *args), ordered(x, c, lcode, *args), strict=True):
+        assert torch.equal(a, b)  # zero-initialised: a warm start keeps the function
+    torch.nn.init.normal_(ordered.order_in.weight, std=0.5)
+    out = ordered(x, c, lcode, *args)
+    n = int(batch.num_atoms[1])
+    perm = torch.arange(x.shape[1])
+    perm[:n] = torch.arange(n).flip(0)
+    px, pc = x.clone(), c.clone()
+    px[1], pc[1] = x[1, perm], c[1, perm]
+    pout = ordered(px, pc, lcode, *args)
+    assert not torch.allclose(pout[1][1], out[1][1, perm], atol=1e-4)  # the index now counts
+    assert torch.allclose(pout[1][0], out[1][0], atol=1e-8)  # crystal 0 untouched
+    assert torch.isfinite(pout[0]).all() and not pout[0][~batch.mask].any()
+
+
 def test_an_oracle_denoiser_is_sampled_onto_its_target(example_crystals):
     model = _tiny_model().float()
     batch = _batch(example_crystals, 2)
@@ -205,6 +233,44 @@ def test_refine_moves_free_atoms_onto_the_prediction_and_holds_the_rest(example_
     assert torch.equal(refined.lattice, plain.lattice)
     with pytest.raises(ValueError, match="refine"):
         CoordFlowConfig(refine=-1)
+
+
+def test_restarts_renoise_to_restart_t_and_integrate_back(example_crystals):
+    import dataclasses
+
+    from mofasa.sampling.api import CoordNoise
+
+    model = _tiny_model().float()
+    batch = _batch(example_crystals, 2)
+    x1, c1, l1 = batch_state(batch, model.codes, model.coder)
+    m = batch.mask
+
+    class Exact(torch.nn.Module):  # the true clean state from anywhere
+        def forward(self, x, c, lcode, lattice, t, mask):
+            return min_image_frac_torch(x1 - x) * mask.unsqueeze(-1), c1, l1
+
+    class Still(torch.nn.Module):  # predicts no change: only the re-noising moves atoms
+        def forward(self, x, c, lcode, lattice, t, mask):
+            return torch.zeros_like(x), c, lcode
+
+    g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    gap = lambda a, b: float(min_image_frac_torch(a.frac - b.frac).abs()[m].max())  # noqa: E731
+    model.denoiser = Exact()
+    plain = model.generate(m, steps=3, generator=g())
+    assert torch.equal(model.generate(m, steps=3, generator=g(), restarts=0).frac, plain.frac)
+    back = model.generate(m, steps=3, generator=g(), restarts=2)
+    assert gap(back, plain) < 1e-5 and torch.equal(back.atom_types, plain.atom_types)
+    model.denoiser = Still()
+    model.config = dataclasses.replace(model.config, restart_t=0.8)
+    still = model.generate(m, steps=3, generator=g())
+    moved = model.generate(m, steps=3, generator=g(), restarts=1)
+    assert 1e-3 < gap(moved, still) <= 0.2 * 0.5 + 1e-5  # (1 - restart_t) x half a cell
+    noise = lambda idx: CoordNoise(list(idx), [m.shape[1]] * len(idx), 0, (7, 6))  # noqa: E731
+    both = model.generate(m, steps=3, noise_fn=noise((0, 1)), restarts=1).frac
+    one = model.generate(m[1:], steps=3, noise_fn=noise((1,)), restarts=1).frac
+    assert torch.allclose(one[0], both[1], atol=1e-5)  # same index, same restart noise
+    with pytest.raises(ValueError, match="restart"):
+        CoordFlowConfig(restart_t=1.0)
 
 
 def test_wsd_schedule_is_flat_then_linear_to_the_floor():

@@ -67,6 +67,12 @@ class CoordFlowConfig:
             the model's clean prediction at ``refine_t`` from where they are (types and lattice
             stay), one forward each (0: none). Bond lengths are decided there.
         refine_t: the time the corrector steps denoise at.
+        restarts: restart sampling (Xu et al. 2023, "Restart sampling"): after the Euler
+            steps, the state is noised back to ``restart_t`` the way training noises a clean
+            crystal (coordinates, type codes and lattice code, fresh noise) and integrated to
+            1 again in ``restart_steps`` Euler steps, this many times (0: none). Unlike the
+            corrector steps, the model then sees states of the noise level it was trained at.
+        restart_t, restart_steps: the time restarts go back to and their Euler steps.
         coord_weighting: ``uniform`` (every training time's coordinate error counts as is) or
             ``velocity``: weighted by 1 / max(1 - t, velocity_floor)^coord_weight_power (2:
             the velocity error the sampler integrates; 1: halfway to uniform in log weight),
@@ -102,10 +108,16 @@ class CoordFlowConfig:
     coord_weighting: str = "uniform"
     velocity_floor: float = 0.02
     coord_weight_power: float = 2.0
+    restarts: int = 0
+    restart_t: float = 0.9
+    restart_steps: int = 4
 
     def __post_init__(self) -> None:
         if self.refine < 0 or not 0 < self.refine_t <= 1:
             raise ValueError(f"refine must be >= 0 and refine_t in (0, 1], got {self}")
+        if self.restarts < 0 or not 0 < self.restart_t < 1 or self.restart_steps < 1:
+            raise ValueError(f"restarts must be >= 0, restart_t in (0, 1) and restart_steps "
+                             f">= 1, got {self}")
         if self.churn < 0:
             raise ValueError(f"churn must be >= 0, got {self.churn}")
         if self.overlap_weight < 0 or self.overlap_bonds_factor < 0:
@@ -266,7 +278,7 @@ class CoordFlow(nn.Module):
                  steps: int | None = None, generator: torch.Generator | None = None,
                  noise_fn: Callable[[], tuple[torch.Tensor, ...]] | None = None,
                  cond: ConditionBatch | None = None, guidance: float = 1.0,
-                 refine: int | None = None,
+                 refine: int | None = None, restarts: int | None = None,
                  diagnostics: dict[str, torch.Tensor] | None = None) -> CrystalBatch:
         """Sample crystals with the atom counts of ``mask`` ((B, N) bool, real atoms first).
 
@@ -282,6 +294,7 @@ class CoordFlow(nn.Module):
                 lattice are written into the state at every step and into the output.
             guidance: classifier-free guidance scale (1: none).
             refine: corrector steps after the last Euler step (default: the config's).
+            restarts: restart passes before the corrector steps (default: the config's).
             diagnostics: if a dict, filled with ``free_types`` (B, N): the elements the
                 model's last type prediction decodes to without the condition's restriction,
                 and ``kept_drift`` (B,) Å: RMS over kept atoms of the displacement the model
@@ -303,11 +316,36 @@ class CoordFlow(nn.Module):
         cond = cond.to(dev) if cond is not None else None
         state = self.clamp((x, c, lcode), cond, n)
         grid = self.time_grid(steps or self.config.steps)
-        drift = None
+        state, c_hat, drift = self._integrate(state, grid, mask, cond, guidance, generator,
+                                              noise_fn, diagnostics is not None)
+        restarts = self.config.restarts if restarts is None else restarts
+        t_r = self.config.restart_t
+        sub = [t_r + (1.0 - t_r) * g for g in self.time_grid(self.config.restart_steps)]
+        for _ in range(restarts):
+            state = self._renoise(state, t_r, mask, cond, generator, noise_fn)
+            state, c_hat, drift = self._integrate(state, sub, mask, cond, guidance, generator,
+                                                  noise_fn, diagnostics is not None)
+        state = self._refine(state, mask, cond, guidance,
+                             self.config.refine if refine is None else refine)
+        if diagnostics is not None:
+            diagnostics["free_types"] = self.decode_types(c_hat, mask)
+            diagnostics["kept_drift"] = drift if drift is not None else torch.zeros(B)
+        return self._to_batch(*state, mask, ids, cond)
+
+    def _integrate(self, state: tuple[torch.Tensor, ...], grid: list[float],
+                   mask: torch.Tensor, cond: ConditionBatch | None, guidance: float,
+                   generator: torch.Generator | None, noise_fn: object, want_drift: bool
+                   ) -> tuple[tuple[torch.Tensor, ...], torch.Tensor, torch.Tensor | None]:
+        """Euler steps along ``grid``; returns the state, the last type-code prediction and
+        (with ``want_drift`` and a condition) the kept atoms' predicted drift at the last step."""
+        B = mask.shape[0]
+        m = mask.unsqueeze(-1).float()  # (B, N, 1)
+        n = mask.sum(1)  # (B,)
+        drift = c_hat = None
         for t, tn in itertools.pairwise(grid):
-            tt = torch.full((B,), t, device=dev)
+            tt = torch.full((B,), t, device=mask.device)
             d_hat, c_hat, l_hat = self.denoise(state, tt, mask, cond, guidance)
-            if diagnostics is not None and cond is not None:
+            if want_drift and cond is not None:
                 drift = self._kept_drift(d_hat, state[2], cond, n)
             x, c, lcode = state
             r = (tn - t) / (1.0 - t)  # the fraction of the remaining way this step covers
@@ -318,12 +356,26 @@ class CoordFlow(nn.Module):
             c = (c + r * (c_hat - c)) * m
             lcode = lcode + r * (l_hat - lcode)
             state = self.clamp((x, c, lcode), cond, n)
-        state = self._refine(state, mask, cond, guidance,
-                             self.config.refine if refine is None else refine)
-        if diagnostics is not None:
-            diagnostics["free_types"] = self.decode_types(c_hat, mask)
-            diagnostics["kept_drift"] = drift if drift is not None else torch.zeros(B)
-        return self._to_batch(*state, mask, ids, cond)
+        return state, c_hat, drift
+
+    def _renoise(self, state: tuple[torch.Tensor, ...], t: float, mask: torch.Tensor,
+                 cond: ConditionBatch | None, generator: torch.Generator | None,
+                 noise_fn: Callable[[], tuple[torch.Tensor, ...]] | None
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The (clean) state noised to time ``t`` as in training, from fresh noise (drawn
+        like the initial state: ``noise_fn()`` when given); conditions written back in."""
+        x1, c1, l1 = state
+        if noise_fn is not None:
+            x0, c0, l0 = (v.to(x1) for v in noise_fn())
+        else:
+            x0 = torch.rand(x1.shape, generator=generator).to(x1)
+            c0 = torch.randn(c1.shape, generator=generator).to(c1)
+            l0 = torch.randn(l1.shape, generator=generator).to(l1)
+        m = mask.unsqueeze(-1).to(x1.dtype)  # (B, N, 1)
+        x = wrap_frac_torch(x0 + t * min_image_frac_torch(x1 - x0)) * m  # (B, N, 3)
+        c = ((1 - t) * c0 + t * c1) * m  # (B, N, bits)
+        lcode = (1 - t) * l0 + t * l1  # (B, 6)
+        return self.clamp((x, c, lcode), cond, mask.sum(1))
 
     def _refine(self, state: tuple[torch.Tensor, ...], mask: torch.Tensor,
                 cond: ConditionBatch | None, guidance: float, count: int
