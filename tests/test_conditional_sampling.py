@@ -124,3 +124,23 @@ def test_a_resume_refuses_a_changed_condition(models, tmp_path, capsys):
     capsys.readouterr()
     assert main([*common, "--formula", "Cu1Br1N5C9H9"]) == 2
     assert "other settings" in capsys.readouterr().err
+
+
+def test_restarts_hold_kept_atoms_are_recorded_and_a_resume_keeps_them(models, reference,
+                                                                        tmp_path, capsys):
+    kept = sample(str(models[0]), num=1, steps=2, restarts=2, inpaint=REF, keep="metals",
+                  device="cpu")
+    metals = IS_METAL[reference.numbers]
+    assert np.allclose(kept[0].frac[metals], reference.frac[metals], atol=1e-6)
+    assert kept[0].metadata["restarts"] == 2
+    plain = sample(str(models[1]), num=1, steps=2, device="cpu")
+    again = sample(str(models[1]), num=1, steps=2, restarts=1, device="cpu")
+    assert plain[0].metadata["restarts"] == 0 and not np.allclose(plain[0].frac, again[0].frac)
+    common = ["sample", "--model", str(models[1]), "--out", str(tmp_path / "o"), "--num", "1",
+              "--steps", "2", "--no-progress", "--device", "cpu"]
+    assert main(common) == 0
+    identity = json.loads((tmp_path / "o" / "settings.json").read_text())["identity"]
+    assert "restarts" not in identity  # none: as before the setting existed
+    capsys.readouterr()
+    assert main([*common, "--restarts", "1"]) == 2
+    assert "other settings" in capsys.readouterr().err

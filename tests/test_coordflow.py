@@ -133,11 +133,13 @@ def test_training_resumes_and_the_checkpoint_samples(tmp_path_factory, tmp_path)
     model = load_coordflow(tmp_path / "cf" / "checkpoint.pt")
     assert model.checkpoint_info["step"] == 5 and model.num_atoms_hist.sum() == 6
     slim = export_coordflow(tmp_path / "cf" / "checkpoint.pt", tmp_path / "slim.pt", steps=4,
-                            refine=7, refine_t=0.995)
+                            refine=7, refine_t=0.995, restarts=2)
     cfg = load_coordflow(slim).config
-    assert (cfg.steps, cfg.refine, cfg.refine_t) == (4, 7, 0.995)
+    assert (cfg.steps, cfg.refine, cfg.refine_t, cfg.restarts) == (4, 7, 0.995, 2)
     with pytest.raises(ValueError, match="refine_t"):
         export_coordflow(tmp_path / "cf" / "checkpoint.pt", tmp_path / "bad.pt", refine_t=1.5)
+    with pytest.raises(ValueError, match="restarts"):
+        export_coordflow(tmp_path / "cf" / "checkpoint.pt", tmp_path / "bad.pt", restarts=-1)
     crystals = model.generate(torch.ones(2, 7, dtype=torch.bool), steps=3).unbatch()
     assert all(c.num_atoms == 7 and (c.numbers >= 1).all() and np.isfinite(c.frac).all()
                and np.linalg.det(c.lattice) > 0 for c in crystals)

@@ -294,6 +294,7 @@ def test_latent_diagnostics_benchmark_runs(trained):
     (["--steps", "-3"], "steps must be >= 1"),
     (["--steps", "0"], "steps must be >= 1"),
     (["--refine", "-1"], "refine must be >= 0"),
+    (["--restarts", "-2"], "restarts must be >= 0"),
     (["--device", "banana"], "unknown device 'banana'"),
     (["--guidance", "2"], "needs a condition"),
     (["--num", "-1"], "num must be >= 0"),
@@ -327,6 +328,8 @@ def test_corrector_steps_need_a_coordinate_family_model(trained):
     _, _, dm_path = trained
     with pytest.raises(SampleSettingsError, match="coordinate-family"):
         sample(str(dm_path), num=1, steps=2, refine=2, device="cpu")
+    with pytest.raises(SampleSettingsError, match="coordinate-family"):
+        sample(str(dm_path), num=1, steps=2, restarts=1, device="cpu")
     assert len(sample(str(dm_path), num=1, steps=2, refine=0, device="cpu")) == 1
 
 

@@ -274,20 +274,22 @@ def export_diffusion(checkpoint: str | Path, out: str | Path, *, bf16: bool = Tr
 
 def export_coordflow(checkpoint: str | Path, out: str | Path, *, bf16: bool = True,
                      steps: int | None = None, refine: int | None = None,
-                     refine_t: float | None = None) -> Path:
+                     refine_t: float | None = None, restarts: int | None = None) -> Path:
     """Write a sampling-only copy of a coordinate-family checkpoint: EMA weights (bf16
     unless ``bf16=False``; loading casts back to fp32), config, step, data statistics;
-    ``steps``, ``refine`` and ``refine_t`` replace the default sampler step count, corrector
-    count and corrector time (``flow.steps``, ``flow.refine``, ``flow.refine_t``)."""
+    ``steps``, ``refine``, ``refine_t`` and ``restarts`` replace the default sampler step
+    count, corrector count, corrector time and restart count (``flow.*`` of the config)."""
+    from mofasa.diffusion.coordflow import CoordFlowConfig
+
     ckpt = load_checkpoint(checkpoint)
     _check_kind(ckpt, checkpoint, COORDFLOW_KIND)
-    if (steps is not None and steps < 1) or (refine is not None and refine < 0) or \
-            (refine_t is not None and not 0 < refine_t <= 1):
-        raise ValueError(f"steps must be >= 1, refine >= 0 and refine_t in (0, 1], got "
-                         f"{steps}, {refine}, {refine_t}")
-    given = {k: v for k, v in (("steps", steps), ("refine", refine), ("refine_t", refine_t))
-             if v is not None}
-    ckpt["config"] = {**ckpt["config"], "flow": {**ckpt["config"]["flow"], **given}}
+    if steps is not None and steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    given = {k: v for k, v in (("steps", steps), ("refine", refine), ("refine_t", refine_t),
+                               ("restarts", restarts)) if v is not None}
+    flow = {**ckpt["config"]["flow"], **given}
+    from_dict(CoordFlowConfig, flow, "flow")  # the config's own checks (ValueError)
+    ckpt["config"] = {**ckpt["config"], "flow": flow}
     state = {k: v.to(torch.bfloat16) if bf16 and v.is_floating_point() else v
              for k, v in ckpt["ema"].items()}
     keep = ("kind", "mofasa_version", "config", "step", "cumulative_step", "init_from",

@@ -36,6 +36,10 @@ def add_sample_parser(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--refine", type=int, default=None,
                    help="corrector steps after the last step, >= 0 (coordinate-family models; "
                    "default: the model's)")
+    p.add_argument("--restarts", type=int, default=None,
+                   help="restart passes: noise back to the model's restart time and integrate "
+                   "again, before the corrector steps, >= 0 (coordinate-family models; "
+                   "default: the model's)")
     p.add_argument("--guidance", type=float, default=1.0,
                    help="classifier-free guidance scale (needs a condition; 1: none)")
     c = p.add_argument_group("conditions (one at a time; the model must be trained with them)")
@@ -75,8 +79,8 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     settings = SampleSettings(
         model=args.model, num=args.num, seed=args.seed, atoms=args.atoms,
         atoms_from=args.atoms_from, steps=args.steps, sampler=args.sampler,
-        refine=args.refine, guidance=args.guidance, batch_size=args.batch_size,
-        device=args.device, bf16=args.bf16,
+        refine=args.refine, restarts=args.restarts, guidance=args.guidance,
+        batch_size=args.batch_size, device=args.device, bf16=args.bf16,
         formula=args.formula, elements=args.elements, metal=args.metal,
         bonds_from=args.bonds_from, inpaint=args.inpaint, keep=args.keep,
         free_lattice=args.free_lattice,

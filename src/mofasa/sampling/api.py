@@ -155,7 +155,7 @@ def iter_samples(model: LatentDiffusion | CoordFlow, indices: Sequence[int],
             with torch.autocast(model.device.type, torch.bfloat16, enabled=settings.bf16):
                 out = model.generate(mask.to(model.device), ids, steps=settings.steps,
                                      noise_fn=noise, cond=cond, guidance=settings.guidance,
-                                     refine=settings.refine)
+                                     refine=settings.refine, restarts=settings.restarts)
         else:
             noise = StructureNoise(idx, ns, settings.seed,
                                    (model.local_mean.numel(), model.global_mean.numel()))
@@ -180,6 +180,7 @@ def sample(
     *,
     sampler: str | None = None,
     refine: int | None = None,
+    restarts: int | None = None,
     atoms_from: str = "data",
     bf16: bool = False,
     progress: bool = False,
@@ -205,6 +206,8 @@ def sample(
         guidance: classifier-free guidance scale (1: none; other values need a condition).
         sampler: ``"ddim"`` / ``"ddpm"`` (latent family) or ``"euler"`` (coordinate family).
         refine: corrector steps after the last step (coordinate family; default: the model's).
+        restarts: restart passes before the corrector steps (coordinate family; default: the
+            model's).
         atoms_from: ``"data"`` or a prepared dataset folder to draw atom counts from.
         bf16: bf16 autocast for the denoiser.
         progress: show a progress bar.
@@ -228,9 +231,10 @@ def sample(
     name = "<model>" if isinstance(model, (LatentDiffusion, CoordFlow)) else str(model)
     opt = lambda v: None if v is None else str(v)  # noqa: E731
     settings = SampleSettings(model=name, num=num, seed=seed, atoms=atoms, atoms_from=atoms_from,
-                              steps=steps, sampler=sampler, refine=refine, guidance=guidance,
-                              batch_size=batch_size, device=device, bf16=bf16, formula=formula,
-                              elements=elements, metal=metal, bonds_from=opt(bonds_from),
+                              steps=steps, sampler=sampler, refine=refine, restarts=restarts,
+                              guidance=guidance, batch_size=batch_size, device=device,
+                              bf16=bf16, formula=formula, elements=elements, metal=metal,
+                              bonds_from=opt(bonds_from),
                               inpaint=opt(inpaint), keep=keep, free_lattice=free_lattice).check()
     net = load_model(model, device)
     plan = plan_conditions(settings, net)

@@ -49,6 +49,8 @@ class SampleSettings:
         sampler: ``"ddim"`` or ``"ddpm"`` (None: the model's).
         refine: corrector steps after the last sampler step (coordinate family; None: the
             model's configured count).
+        restarts: restart passes (coordinate family: noise back to the model's restart time
+            and integrate again, before the corrector steps; None: the model's).
         guidance: classifier-free guidance scale (1: none).
         batch_size: structures per batch (batches group equal atom counts).
         device: ``auto``, ``cpu``, ``cuda``, ``cuda:N``, ``mps``.
@@ -72,6 +74,7 @@ class SampleSettings:
     steps: int | None = None
     sampler: str | None = None
     refine: int | None = None
+    restarts: int | None = None
     guidance: float = 1.0
     batch_size: int = 64
     device: str = "auto"
@@ -105,6 +108,8 @@ class SampleSettings:
                  f"sampler must be one of {', '.join(SAMPLERS)}, got {self.sampler!r}")
         _require(self.refine is None or self.refine >= 0,
                  f"refine must be >= 0, got {self.refine} (omit it for the model's default)")
+        _require(self.restarts is None or self.restarts >= 0,
+                 f"restarts must be >= 0, got {self.restarts} (omit it for the model's default)")
         _require(self.batch_size >= 1, f"batch size must be >= 1, got {self.batch_size}")
         _require(math.isfinite(self.guidance), f"guidance must be finite, got {self.guidance}")
         self._check_condition()
@@ -165,8 +170,12 @@ class SampleSettings:
         _require(own_refine is not None or not self.refine,
                  f"refine {self.refine}: corrector steps need a coordinate-family model")
         refine = own_refine if self.refine is None else self.refine
+        own_restarts = getattr(model.config, "restarts", None)
+        _require(own_restarts is not None or not self.restarts,
+                 f"restarts {self.restarts}: restart sampling needs a coordinate-family model")
+        restarts = own_restarts if self.restarts is None else self.restarts
         out = dataclasses.replace(self, steps=int(self.steps or model.config.steps),
-                                  sampler=sampler, refine=refine).check()
+                                  sampler=sampler, refine=refine, restarts=restarts).check()
         _warn_atom_range(out, model.num_atoms_hist,
                          model.num_atoms_hist if size_hist is None else size_hist)
         return out
@@ -190,9 +199,12 @@ class SampleSettings:
         """What a continuation of a run in the same folder must repeat (not num / batch /
         device, which do not change any structure)."""
         d = self.to_dict()
-        return {k: d[k] for k in ("model", "seed", "atoms", "atoms_from", "steps", "sampler",
-                                  "refine", "guidance", "bf16", *CONDITION_FIELDS, "keep",
-                                  "free_lattice")}
+        out = {k: d[k] for k in ("model", "seed", "atoms", "atoms_from", "steps", "sampler",
+                                 "refine", "guidance", "bf16", *CONDITION_FIELDS, "keep",
+                                 "free_lattice")}
+        if d["restarts"]:  # none reads as before the setting existed: old runs still resume
+            out["restarts"] = d["restarts"]
+        return out
 
 
 def _require(ok: bool, message: str) -> None:
