@@ -183,6 +183,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=None)
     ap.add_argument("--refine", type=int, default=None,
                     help="corrector steps (default: the model's)")
+    ap.add_argument("--restarts", type=int, default=None,
+                    help="restart passes (default: the model's)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
@@ -195,6 +197,8 @@ def main() -> None:
     from mofasa.sampling.settings import trained_atom_range
 
     model = load_coordflow(args.model)
+    if args.restarts is not None:
+        model.config = dataclasses.replace(model.config, restarts=args.restarts)
     lo, hi = trained_atom_range(model.num_atoms_hist)
     val = CrystalDataset(args.data, "val", max_atoms=hi)
     pick = np.sort(np.random.default_rng(args.seed).choice(
@@ -206,6 +210,7 @@ def main() -> None:
     report: dict = {"model": args.model, "step": model.checkpoint_info["step"],
                     "conditions": len(refs), "per": args.per, "steps": steps,
                     "refine": model.config.refine if args.refine is None else args.refine,
+                    "restarts": model.config.restarts,
                     "modes": {}}
     curves: dict = {}
     for mode in args.modes:
