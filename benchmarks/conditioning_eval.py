@@ -18,6 +18,7 @@ mode goes to ``validity_vs_n.png``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import json
 import time
