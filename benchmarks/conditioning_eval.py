@@ -39,8 +39,6 @@ def _pairs(c) -> set[tuple[int, int]]:
 
 
 def _conditions(mode: str, ref) -> object | None:
-    import dataclasses
-
     from mofasa.data.conditions import formula_condition, keep_selection, node_labels
 
     if mode == "unconditional":
