@@ -118,6 +118,8 @@ def test_an_oracle_denoiser_is_sampled_onto_its_target(example_crystals):
 def test_config_rejects_nonsense():
     with pytest.raises(ValueError):
         CoordFlowConfig(time_power=0.0)
+    with pytest.raises(ValueError, match="contact"):
+        CoordFlowConfig(contact_weight=-1.0)
     with pytest.raises(ValueError):
         CoordDenoiserConfig(type_bits=5)
 
@@ -125,9 +127,11 @@ def test_config_rejects_nonsense():
 def test_training_resumes_and_the_checkpoint_samples(tmp_path_factory, tmp_path):
     data = prepare_examples(tmp_path_factory, 6)
     over = [f"data.path={data}", f"run.out_dir={tmp_path / 'cf'}", "optim.total_steps=3",
-            "probes.every=3", "probes.samples=2", "probes.steps=2", "probes.structures=2", *FAST]
+            "probes.every=3", "probes.samples=2", "probes.steps=2", "probes.structures=2",
+            "flow.contact_weight=1.0", "model.order_features=true", *FAST]
     metrics = train_coordflow(load_coordflow_config("tiny", over), resume=False)
     assert np.isfinite(metrics["loss"]) and metrics["loss_coord"] > 0
+    assert np.isfinite(metrics["loss_contact"]) and metrics["loss_contact"] >= 0
     over5 = [o.replace("total_steps=3", "total_steps=5") for o in over]
     train_coordflow(load_coordflow_config("tiny", over5))
     model = load_coordflow(tmp_path / "cf" / "checkpoint.pt")
@@ -168,6 +172,20 @@ def test_pair_distances_and_the_overlap_penalty(example_crystals):
     x = batch.frac.clone()
     x[0, 1] = x[0, 0] + 0.001  # two atoms on one site
     assert float(model._overlap_penalty(x, batch, t)) > 0.0
+    assert float(model._contact_penalty(batch.frac, batch, t)) == 0.0  # the data's own contacts
+    bonded = d[0] < model.radii[batch.atom_types[0]].unsqueeze(0) + \
+        model.radii[batch.atom_types[0]].unsqueeze(1) + 0.45
+    i = int(torch.nonzero(batch.atom_types[0] == 1)[0])  # an H atom
+    far = int(torch.nonzero(batch.mask[0] & ~bonded[i] & (d[0, i] > 3.0))[0])
+    near = int(torch.nonzero(bonded[i] & (torch.arange(d.shape[1]) != i))[0])
+    y = batch.frac.clone()
+    y[0, far] = batch.frac[0, i] + 0.01  # a non-bonded atom brought onto the H
+    assert float(model._contact_penalty(y, batch, t)) > 0.0
+    z = batch.frac.clone()  # a bonded partner moved to 0.9 x its distance: not a contact
+    step = min_image_frac_torch(batch.frac[0, near] - batch.frac[0, i])
+    z[0, near] = batch.frac[0, i] + 0.9 * step
+    assert float(model._contact_penalty(z, batch, t)) == 0.0
+    assert float(model._contact_penalty(y, batch, 0.0 * t)) == 0.0
 
 
 def test_ot_coupling_permutes_noise_within_elements_and_lowers_the_cost(example_crystals):
