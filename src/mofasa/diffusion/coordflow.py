@@ -174,11 +174,8 @@ class CoordFlow(nn.Module):
         x0 = torch.rand_like(x1)
         if self.config.coupling == "ot":
             x0 = ot_coupled_noise(x0, x1, batch.lattice, batch.atom_types, batch.mask)
-        tt = t.view(-1, 1, 1)  # (B, 1, 1)
-        xt = wrap_frac_torch(x0 + tt * min_image_frac_torch(x1 - x0)) * m  # (B, N, 3)
-        ct = ((1 - tt) * torch.randn_like(c1) + tt * c1) * m  # (B, N, bits)
-        lt = (1 - t.view(-1, 1)) * torch.randn_like(l1) + t.view(-1, 1) * l1  # (B, 6)
-        return (xt, ct, lt), (x1, c1, l1)
+        noise = (x0, torch.randn_like(c1), torch.randn_like(l1))
+        return _interpolate(noise, (x1, c1, l1), t.view(-1, 1, 1), m), (x1, c1, l1)
 
     @property
     def conditional(self) -> bool:
@@ -250,14 +247,17 @@ class CoordFlow(nn.Module):
         metrics = {"loss_coord": loss_x, "loss_type": loss_c, "loss_lattice": loss_l}
         if fit_x is not loss_x:
             metrics["loss_coord_weighted"] = fit_x
+        d = None  # (B, N, N) Å of the predicted clean structure, shared by the penalties
+        if self.config.overlap_weight > 0 or self.config.contact_weight > 0:
+            d = pair_distances_torch(state[0] + d_hat, batch.lattice)
         if self.config.overlap_weight > 0:
             factor = [self.config.overlap_bonds_factor if k == "bonds" else 1.0 for k in tasks]
             weight = t * t.new_tensor(factor) if tasks else t  # (B,)
-            pen = self._overlap_penalty(state[0] + d_hat, batch, weight)
+            pen = self._overlap_penalty(d, batch, weight)
             loss = loss + self.config.overlap_weight * pen
             metrics["loss_overlap"] = pen
         if self.config.contact_weight > 0:
-            pen = self._contact_penalty(state[0] + d_hat, batch, t.pow(4))
+            pen = self._contact_penalty(d, batch, t.pow(4))
             loss = loss + self.config.contact_weight * pen
             metrics["loss_contact"] = pen
         values = torch.stack([v.detach().float() for v in metrics.values()]).tolist()
@@ -271,25 +271,23 @@ class CoordFlow(nn.Module):
         mean = _mean_coord_weight(cfg.time_power, cfg.t_max, floor, p)
         return ((1.0 - t).clamp(min=floor).pow(-p) / mean).to(t.dtype)
 
-    def _overlap_penalty(self, x_hat: torch.Tensor, batch: CrystalBatch,
+    def _overlap_penalty(self, d: torch.Tensor, batch: CrystalBatch,
                          weight: torch.Tensor) -> torch.Tensor:
-        """sum over pairs of weight_b * relu(d_min - d_ij)^2 of the predicted clean
-        coordinates (through the true lattice), per atom (Å^2); ``weight`` (B,) is t times the
-        task's factor."""
-        d = pair_distances_torch(x_hat, batch.lattice)  # (B, N, N)
+        """sum over pairs of weight_b * relu(d_min - d_ij)^2, ``d`` (B, N, N) the pair
+        distances of the predicted clean coordinates (through the true lattice), per atom
+        (Å^2); ``weight`` (B,) is t times the task's factor."""
         r = self.radii[batch.atom_types]  # (B, N)
         d_min = (0.7 * (r.unsqueeze(1) + r.unsqueeze(2))).clamp(min=0.8)  # (B, N, N)
         pair = batch.mask.unsqueeze(1) & batch.mask.unsqueeze(2)
         pen = torch.relu(d_min - d).square() * pair * weight.view(-1, 1, 1)
         return pen.sum() / batch.mask.sum().clamp(min=1)
 
-    def _contact_penalty(self, x_hat: torch.Tensor, batch: CrystalBatch,
+    def _contact_penalty(self, d: torch.Tensor, batch: CrystalBatch,
                          weight: torch.Tensor) -> torch.Tensor:
-        """sum over pairs the data does not bond of weight_b * relu(cut_ij - d_ij)^2 of the
-        predicted clean coordinates (cut = r_i + r_j + BOND_TOL), per atom (Å^2)."""
-        d = pair_distances_torch(x_hat, batch.lattice)  # (B, N, N)
+        """sum over pairs the data does not bond of weight_b * relu(cut_ij - d_ij)^2, ``d``
+        (B, N, N) as for the overlap penalty (cut = r_i + r_j + BOND_TOL), per atom (Å^2)."""
         with torch.no_grad():
-            d_true = pair_distances_torch(batch.frac.to(x_hat.dtype), batch.lattice)
+            d_true = pair_distances_torch(batch.frac.to(d.dtype), batch.lattice)
         r = self.radii[batch.atom_types]  # (B, N)
         cut = r.unsqueeze(1) + r.unsqueeze(2) + BOND_TOL  # (B, N, N)
         pair = batch.mask.unsqueeze(1) & batch.mask.unsqueeze(2) & \
@@ -330,16 +328,10 @@ class CoordFlow(nn.Module):
                 predicts for them at the last step (how far it would move them if they were
                 not held; 0 where none are kept).
         """
-        B, N = mask.shape
+        B = mask.shape[0]
         dev = mask.device
         m = mask.unsqueeze(-1).float()  # (B, N, 1)
-        bits = self.codes.shape[1]
-        if noise_fn is not None:
-            x, c, lcode = (v.to(dev) for v in noise_fn())
-        else:
-            x = torch.rand(B, N, 3, generator=generator).to(dev)
-            c = torch.randn(B, N, bits, generator=generator).to(dev)
-            lcode = torch.randn(B, 6, generator=generator).to(dev)
+        x, c, lcode = self._draw_noise(mask, generator, noise_fn)
         x, c = x * m, c * m
         n = mask.sum(1)  # (B,)
         cond = cond.to(dev) if cond is not None else None
@@ -393,18 +385,22 @@ class CoordFlow(nn.Module):
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The (clean) state noised to time ``t`` as in training, from fresh noise (drawn
         like the initial state: ``noise_fn()`` when given); conditions written back in."""
-        x1, c1, l1 = state
+        noise = tuple(v.to(state[0]) for v in self._draw_noise(mask, generator, noise_fn))
+        m = mask.unsqueeze(-1).to(state[0].dtype)  # (B, N, 1)
+        return self.clamp(_interpolate(noise, state, t, m), cond, mask.sum(1))
+
+    def _draw_noise(self, mask: torch.Tensor, generator: torch.Generator | None,
+                    noise_fn: Callable[[], tuple[torch.Tensor, ...]] | None
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(frac (B, N, 3) ~ U[0, 1), type codes (B, N, bits), lattice code (B, 6))`` on
+        the mask's device: ``noise_fn()`` when given, else from ``generator`` (in that order)."""
         if noise_fn is not None:
-            x0, c0, l0 = (v.to(x1) for v in noise_fn())
-        else:
-            x0 = torch.rand(x1.shape, generator=generator).to(x1)
-            c0 = torch.randn(c1.shape, generator=generator).to(c1)
-            l0 = torch.randn(l1.shape, generator=generator).to(l1)
-        m = mask.unsqueeze(-1).to(x1.dtype)  # (B, N, 1)
-        x = wrap_frac_torch(x0 + t * min_image_frac_torch(x1 - x0)) * m  # (B, N, 3)
-        c = ((1 - t) * c0 + t * c1) * m  # (B, N, bits)
-        lcode = (1 - t) * l0 + t * l1  # (B, 6)
-        return self.clamp((x, c, lcode), cond, mask.sum(1))
+            return tuple(v.to(mask.device) for v in noise_fn())
+        B, N = mask.shape
+        x = torch.rand(B, N, 3, generator=generator)
+        c = torch.randn(B, N, self.codes.shape[1], generator=generator)
+        lcode = torch.randn(B, 6, generator=generator)
+        return x.to(mask.device), c.to(mask.device), lcode.to(mask.device)
 
     def _refine(self, state: tuple[torch.Tensor, ...], mask: torch.Tensor,
                 cond: ConditionBatch | None, guidance: float, count: int
@@ -482,6 +478,18 @@ def ot_coupled_noise(x0: torch.Tensor, x1: torch.Tensor, lattice: torch.Tensor,
 
 
 @functools.lru_cache(maxsize=8)
+def _interpolate(noise: tuple[torch.Tensor, ...], clean: tuple[torch.Tensor, ...],
+                 t: torch.Tensor | float, m: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The state at time t between ``noise`` and ``clean`` (each (frac, type codes, lattice
+    code)): coordinates along the torus geodesic, codes linearly; t is a float or (B, 1, 1);
+    ``m`` (B, N, 1) zeroes padding."""
+    (x0, c0, l0), (x1, c1, l1) = noise, clean
+    tl = t.view(-1, 1) if isinstance(t, torch.Tensor) else t  # (B, 1) for the lattice code
+    x = wrap_frac_torch(x0 + t * min_image_frac_torch(x1 - x0)) * m  # (B, N, 3)
+    c = ((1 - t) * c0 + t * c1) * m  # (B, N, bits)
+    return x, c, (1 - tl) * l0 + tl * l1  # ..., (B, 6)
+
+
 def _mean_coord_weight(time_power: float, t_max: float, floor: float, power: float) -> float:
     """E[max(1 - t, floor)^-power] for t = u^time_power * t_max (computed once per setting,
     not every training step)."""
