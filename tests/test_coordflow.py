@@ -294,6 +294,23 @@ def test_restarts_renoise_to_restart_t_and_integrate_back(example_crystals):
         CoordFlowConfig(restart_t=1.0)
 
 
+def test_the_noising_formula_hits_both_ends_and_is_never_cached(example_crystals):
+    from mofasa.diffusion.coordflow import _interpolate
+
+    model = _tiny_model()
+    batch = _batch(example_crystals, 2)
+    clean = batch_state(batch, model.codes, model.coder)
+    m = batch.mask.unsqueeze(-1).double()  # (B, N, 1)
+    noise = tuple(torch.rand_like(v) for v in clean)
+    at = lambda t: _interpolate(noise, clean, t, m)  # noqa: E731
+    for got, want in zip(at(0.0), noise, strict=True):
+        assert torch.allclose(got, want * (m if got.dim() == 3 else 1))
+    assert float(min_image_frac_torch(at(1.0)[0] - clean[0]).abs().max()) < 1e-9
+    before = at(0.5)[2].clone()
+    clean[2].add_(1.0)  # same tensor objects, new values: a cache would return stale states
+    assert torch.allclose(at(0.5)[2], before + 0.5)
+
+
 def test_wsd_schedule_is_flat_then_linear_to_the_floor():
     from mofasa.training.loop import OptimConfig, lr_factor
 

@@ -477,7 +477,6 @@ def ot_coupled_noise(x0: torch.Tensor, x1: torch.Tensor, lattice: torch.Tensor,
     return torch.from_numpy(out).to(x0)
 
 
-@functools.lru_cache(maxsize=8)
 def _interpolate(noise: tuple[torch.Tensor, ...], clean: tuple[torch.Tensor, ...],
                  t: torch.Tensor | float, m: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """The state at time t between ``noise`` and ``clean`` (each (frac, type codes, lattice
@@ -490,6 +489,7 @@ def _interpolate(noise: tuple[torch.Tensor, ...], clean: tuple[torch.Tensor, ...
     return x, c, (1 - tl) * l0 + tl * l1  # ..., (B, 6)
 
 
+@functools.lru_cache(maxsize=8)
 def _mean_coord_weight(time_power: float, t_max: float, floor: float, power: float) -> float:
     """E[max(1 - t, floor)^-power] for t = u^time_power * t_max (computed once per setting,
     not every training step)."""
