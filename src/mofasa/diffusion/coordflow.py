@@ -197,25 +197,33 @@ class CoordFlow(nn.Module):
         return x, c, lcode
 
     def denoise(self, state: tuple[torch.Tensor, ...], t: torch.Tensor, mask: torch.Tensor,
-                cond: ConditionBatch | None = None, guidance: float = 1.0
+                cond: ConditionBatch | None = None, guidance: float = 1.0,
+                self_cond: torch.Tensor | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Clean-state predictions at time t, with classifier-free guidance when a condition
         is given and ``guidance`` != 1: p_null + w (p_cond - p_null) (the velocity is affine in
-        the prediction at a fixed state, so this guides the velocity the same way)."""
+        the prediction at a fixed state, so this guides the velocity the same way).
+        ``self_cond`` (B, N, 3): the previous clean-coordinate estimate (used by a
+        self-conditioning model only; both guidance branches see it)."""
         x, c, lcode = state
         lat = self.coder.decode(lcode, mask.sum(1))
+        sc = {"self_cond": self_cond} if self.self_conditioning else {}
         if not self.conditional:
             if cond is not None and not cond.is_null():
                 raise ValueError("this model was not trained with conditions")
-            return self.denoiser(x, c, lcode, lat, t, mask)
+            return self.denoiser(x, c, lcode, lat, t, mask, **sc)
         inputs = None if cond is None else {
             "allowed": cond.allowed, "features": cond.features(), "hops": cond.hops,
             "keep": cond.keep}
-        out = self.denoiser(x, c, lcode, lat, t, mask, cond=inputs)
+        out = self.denoiser(x, c, lcode, lat, t, mask, cond=inputs, **sc)
         if cond is None or guidance == 1.0:
             return out
-        null = self.denoiser(x, c, lcode, lat, t, mask, cond=None)
+        null = self.denoiser(x, c, lcode, lat, t, mask, cond=None, **sc)
         return tuple(u + guidance * (v - u) for u, v in zip(null, out, strict=True))
+
+    @property
+    def self_conditioning(self) -> bool:
+        return bool(getattr(getattr(self.denoiser, "config", None), "self_condition", False))
 
     def forward(self, batch: CrystalBatch) -> tuple[torch.Tensor, dict[str, float]]:
         """Training loss ``(scalar, metrics)``; a conditional model draws one task per
@@ -230,7 +238,11 @@ class CoordFlow(nn.Module):
             cond, tasks = training_conditions(batch.atom_types, x1, batch.lattice, mask,
                                               self.config.mix, None)
             state = self.clamp(state, cond, batch.num_atoms)
-        d_hat, c_hat, l_hat = self.denoise(state, t, mask, cond)
+        est = None  # self-conditioning: half the batches see a first, gradient-free estimate
+        if self.self_conditioning and torch.rand(()).item() < 0.5:
+            with torch.no_grad():
+                est = wrap_frac_torch(state[0] + self.denoise(state, t, mask, cond)[0])
+        d_hat, c_hat, l_hat = self.denoise(state, t, mask, cond, self_cond=est)
         d_true = min_image_frac_torch(x1 - state[0])  # (B, N, 3)
         err = ((d_hat - d_true).unsqueeze(-2) @ batch.lattice.unsqueeze(1)).squeeze(-2)  # Å
         m_x, m_c = mask, mask
@@ -362,10 +374,11 @@ class CoordFlow(nn.Module):
         B = mask.shape[0]
         m = mask.unsqueeze(-1).float()  # (B, N, 1)
         n = mask.sum(1)  # (B,)
-        drift = c_hat = None
+        drift = c_hat = est = None
         for t, tn in itertools.pairwise(grid):
             tt = torch.full((B,), t, device=mask.device)
-            d_hat, c_hat, l_hat = self.denoise(state, tt, mask, cond, guidance)
+            d_hat, c_hat, l_hat = self.denoise(state, tt, mask, cond, guidance, est)
+            est = wrap_frac_torch(state[0] + d_hat) * m  # the next step's self-condition
             if want_drift and cond is not None:
                 drift = self._kept_drift(d_hat, state[2], cond, n)
             x, c, lcode = state
@@ -409,10 +422,11 @@ class CoordFlow(nn.Module):
         x, c, lcode = state
         m = mask.unsqueeze(-1).to(x.dtype)  # (B, N, 1)
         tt = torch.full((mask.shape[0],), self.config.refine_t, device=mask.device)
+        est = None
         for _ in range(count):
-            d_hat = self.denoise((x, c, lcode), tt, mask, cond, guidance)[0]
-            x, c, lcode = self.clamp((wrap_frac_torch(x + d_hat) * m, c, lcode), cond,
-                                     mask.sum(1))
+            d_hat = self.denoise((x, c, lcode), tt, mask, cond, guidance, est)[0]
+            est = wrap_frac_torch(x + d_hat) * m
+            x, c, lcode = self.clamp((est, c, lcode), cond, mask.sum(1))
         return x, c, lcode
 
     def _churn(self, x: torch.Tensor, lcode: torch.Tensor, n: torch.Tensor, scale: float,

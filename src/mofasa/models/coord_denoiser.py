@@ -20,7 +20,7 @@ from torch import nn
 
 from mofasa.data.batch import CrystalBatch
 from mofasa.geometry.graphs import PeriodicGraph, knn_graph_pbc_batch, nearest_image_graph_batch
-from mofasa.geometry.lattice_torch import lattice_from_parameters_torch
+from mofasa.geometry.lattice_torch import lattice_from_parameters_torch, min_image_frac_torch
 from mofasa.models.autoencoder import GaussianRBF
 from mofasa.models.config import BackboneConfig
 from mofasa.models.denoiser import timestep_embedding
@@ -56,6 +56,12 @@ class CoordDenoiserConfig:
             start keeps the old function). The order sorts atoms by element (metals first,
             H last), so the index says which element an atom is likely to be; without it the
             network is permutation-equivariant and one sample in four came out with no metal.
+        self_condition: take the model's previous clean-coordinate estimate as input (Chen et
+            al. 2022, "Analog bits": self-conditioning): its pair distances enter the k-NN
+            edge features and a second attention bias, its displacement from the noisy
+            coordinates the atom states; all through zero-initialised maps, so a warm start
+            keeps the old function. Without an estimate (``self_cond=None``) those terms are
+            absent.
     """
 
     local: BackboneConfig = field(
@@ -73,6 +79,7 @@ class CoordDenoiserConfig:
     hop_classes: int = 6
     bond_edges: bool = False
     order_features: bool = False
+    self_condition: bool = False
 
     def __post_init__(self) -> None:
         if self.local.local != "knn" or self.dense.local != "dense":
@@ -163,6 +170,17 @@ class CoordDenoiser(nn.Module):
             nn.init.zeros_(self.order_in.bias)
         if c.conditional:
             self._build_conditions(D)
+        if c.self_condition:
+            self._build_self_condition(D)
+
+    def _build_self_condition(self, D: int) -> None:
+        c = self.config
+        self.sc_edge = nn.Linear(c.rbf_size, c.rbf_size, bias=False)
+        self.sc_atom = nn.Linear(c.rbf_size, D, bias=False)
+        for lin in (self.sc_edge, self.sc_atom):
+            nn.init.zeros_(lin.weight)
+        self.sc_pair = PairBias(c.dense.heads, c.pair_frequencies, 16, c.rbf_cutoff) \
+            if c.dense.depth else None  # its last layer starts at zero
 
     def _build_conditions(self, D: int) -> None:
         c = self.config
@@ -181,7 +199,8 @@ class CoordDenoiser(nn.Module):
 
     def forward(self, frac: torch.Tensor, types: torch.Tensor, lattice_code: torch.Tensor,
                 lattice: torch.Tensor, t: torch.Tensor, mask: torch.Tensor,
-                cond: dict[str, torch.Tensor] | None = None
+                cond: dict[str, torch.Tensor] | None = None,
+                self_cond: torch.Tensor | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Clean-state predictions for the three parts of the state.
 
@@ -195,6 +214,8 @@ class CoordDenoiser(nn.Module):
             cond: conditions (a conditional denoiser only; None or all zeros: none):
                 ``allowed`` (B, N, 101), ``features`` (B, F), ``hops`` (B, N, N) long,
                 ``keep`` (B, N) bool.
+            self_cond: (B, N, 3) the previous clean fractional-coordinate estimate (a
+                self-conditioning denoiser only; None: no estimate).
 
         Returns:
             ``(d_frac (B, N, 3), types (B, N, bits), lattice (B, 6))``, zeros at padding.
@@ -216,12 +237,16 @@ class CoordDenoiser(nn.Module):
         hops = None
         if self.config.conditional:
             h, c, edge_attr, hops = self._condition(h, c, edge_attr, graph, cond, m, N)
+        if self_cond is not None and self.config.self_condition:
+            h, edge_attr = self._self_condition(h, edge_attr, graph, frac, self_cond, lattice, m)
         h, g = self.local(h, g, mask, edge_index=graph.edge_index, edge_attr=edge_attr, cond=c,
                           context=lattice_code)  # (B, N, D), (B, D)
         if self.dense is not None and self.pair_bias is not None:
             bias = self.pair_bias(frac, lattice).to(h.dtype)  # (B, H, N, N), once per forward
             if hops is not None:
                 bias = bias + self.hop_bias(hops).permute(0, 3, 1, 2).to(h.dtype)
+            if self_cond is not None and self.sc_pair is not None:
+                bias = bias + self.sc_pair(self_cond.detach(), lattice).to(h.dtype)
             h, g = self.dense(h, g, mask, cond=c, context=lattice_code, attn_bias=bias)
         v_frac = self._coordinate_velocity(h, graph, edge_attr, frac, B, N) * m  # (B, N, 3)
         return v_frac, self.type_out(h) * m, self.lattice_out(g)
@@ -248,6 +273,24 @@ class CoordDenoiser(nn.Module):
         i, j = graph.edge_index  # (E,) into B * N
         edge_attr = edge_attr + self.hop_edge(hops.flatten()[i * N + j % N]).to(edge_attr.dtype)
         return h, c, edge_attr, hops
+
+    def _self_condition(self, h: torch.Tensor, edge_attr: torch.Tensor, graph: object,
+                        frac: torch.Tensor, est: torch.Tensor, lattice: torch.Tensor,
+                        m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Add the estimate's edge distances to the edge features and its displacement from
+        the noisy coordinates to the atom states (both as Gaussians of Å)."""
+        B, N, _ = frac.shape
+        est = est.detach()
+        i, j = graph.edge_index  # (E,) into B * N
+        flat = est.reshape(B * N, 3)
+        d_ij = min_image_frac_torch(flat[j] - flat[i])  # (E, 3): the estimate's nearest image
+        lat_e = lattice.detach().repeat_interleave(N, dim=0)[i]  # (E, 3, 3)
+        dist = (d_ij.unsqueeze(-2) @ lat_e).squeeze(-2).norm(dim=-1)  # (E,) Å
+        edge_attr = edge_attr + self.sc_edge(self.rbf(dist).to(edge_attr.dtype))
+        move = min_image_frac_torch(est - frac.detach())  # (B, N, 3)
+        step = (move.unsqueeze(-2) @ lattice.detach().unsqueeze(1)).squeeze(-2).norm(dim=-1)
+        h = h + self.sc_atom(self.rbf(step.reshape(-1)).view(B, N, -1).to(h.dtype)) * m
+        return h, edge_attr
 
     def _coordinate_velocity(self, h: torch.Tensor, graph: object, edge_attr: torch.Tensor,
                              frac: torch.Tensor, B: int, N: int) -> torch.Tensor:
