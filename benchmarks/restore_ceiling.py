@@ -14,6 +14,7 @@ val splits whether it restores what it memorised.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -31,6 +32,8 @@ def main() -> None:
     ap.add_argument("--t0", type=float, nargs="+", default=[1.0, 0.99, 0.95, 0.9])
     ap.add_argument("--refine", type=int, nargs="+", default=[0, 18])
     ap.add_argument("--steps", type=int, default=4)
+    ap.add_argument("--refine-t", type=float, default=None,
+                    help="the corrector steps' time (default: the model's)")
     ap.add_argument("--split", default="val", choices=("train", "val", "test"))
     ap.add_argument("--data", default="prepared/qmof")
     args = ap.parse_args()
@@ -47,12 +50,15 @@ def main() -> None:
     from sampler_levers import _scores  # the de novo screen's scores, for comparison
 
     model = load_coordflow(args.model)
+    if args.refine_t is not None:
+        model.config = dataclasses.replace(model.config, refine_t=args.refine_t)
     lo, hi = trained_atom_range(model.num_atoms_hist)
     data = CrystalDataset(args.data, args.split, max_atoms=hi)
     keep = [i for i in range(len(data)) if data.num_atoms[i] >= lo]
     pick = np.random.default_rng(0).choice(len(keep), min(args.num, len(keep)), replace=False)
     refs = sorted((data[keep[int(i)]] for i in pick), key=lambda c: c.num_atoms)
-    head = {"model": args.model, "split": args.split, "refs": len(refs)}
+    head = {"model": args.model, "split": args.split, "refs": len(refs),
+            "refine_t": model.config.refine_t}
     print(json.dumps({**head, "real": _scores(refs, True)}), flush=True)
     for t0 in args.t0:
         for refine in args.refine:
