@@ -113,6 +113,22 @@ def test_ddp_two_processes_gloo(small_data, tmp_path, bottleneck):
         assert any("cluster_size" in k for k in ckpt["model"])
 
 
+@pytest.mark.skipif(shutil.which("torchrun") is None and not (ROOT / ".venv/bin/torchrun").exists(),
+                    reason="torchrun not installed")
+def test_ddp_self_conditioning_coordflow(small_data, tmp_path):
+    # half the steps skip the self-conditioning inputs: DDP must not wait for their gradients
+    torchrun = shutil.which("torchrun") or str(ROOT / ".venv/bin/torchrun")
+    out = tmp_path / "ddp_sc"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [torchrun, "--standalone", "--nproc_per_node=2", "-m", "mofasa.cli", "train",
+           "coordflow", "--config", "tiny", f"data.path={small_data}", f"run.out_dir={out}",
+           "optim.total_steps=6", "run.log_every=2", "run.ckpt_every=6", "data.batch_size=4",
+           "run.device=cpu", "model.self_condition=true", "probes.every=0"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert load_checkpoint(out / "checkpoint.pt")["step"] == 6
+
+
 def test_reconstruction_command(small_data, tmp_path):
     from mofasa.cli import main
 

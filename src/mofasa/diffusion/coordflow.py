@@ -225,6 +225,11 @@ class CoordFlow(nn.Module):
     def self_conditioning(self) -> bool:
         return bool(getattr(getattr(self.denoiser, "config", None), "self_condition", False))
 
+    @property
+    def optional_parameters(self) -> bool:
+        """Whether a training step may leave parameters unused (DDP must look for them)."""
+        return self.self_conditioning
+
     def forward(self, batch: CrystalBatch) -> tuple[torch.Tensor, dict[str, float]]:
         """Training loss ``(scalar, metrics)``; a conditional model draws one task per
         structure (`ConditionMix`) and is scored only on what the condition does not give."""

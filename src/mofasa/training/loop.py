@@ -217,7 +217,11 @@ class Trainer:
         module: nn.Module = self.model
         if self.dist.enabled:
             ids = [self.device.index] if self.device.type == "cuda" else None
-            module = nn.parallel.DistributedDataParallel(module, device_ids=ids)
+            # a model whose steps may leave parameters without gradient (self-conditioning
+            # skips its inputs in half the batches) says so; DDP must then search for them
+            unused = bool(getattr(module, "optional_parameters", False))
+            module = nn.parallel.DistributedDataParallel(module, device_ids=ids,
+                                                         find_unused_parameters=unused)
         if self.run_cfg.compile:
             module = torch.compile(module)
         return module
