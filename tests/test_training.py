@@ -90,19 +90,28 @@ def test_kill_and_resume_gives_the_same_curve(small_data, tmp_path):
     assert any(split == "val" for _, split, _, _ in read_losses(full))
 
 
-@pytest.mark.skipif(shutil.which("torchrun") is None and not (ROOT / ".venv/bin/torchrun").exists(),
-                    reason="torchrun not installed")
-@pytest.mark.parametrize("bottleneck", ["kl", "rvq"])
-def test_ddp_two_processes_gloo(small_data, tmp_path, bottleneck):
+NEEDS_TORCHRUN = pytest.mark.skipif(
+    shutil.which("torchrun") is None and not (ROOT / ".venv/bin/torchrun").exists(),
+    reason="torchrun not installed")
+
+
+def _torchrun_train(family: str, data, out, *overrides: str) -> None:
+    """Two gloo processes train ``family`` (tiny config, CPU) into ``out``; must succeed."""
     torchrun = shutil.which("torchrun") or str(ROOT / ".venv/bin/torchrun")
-    out = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [torchrun, "--standalone", "--nproc_per_node=2", "-m", "mofasa.cli", "train",
-           "autoencoder", "--config", "tiny", f"data.path={small_data}", f"run.out_dir={out}",
-           "optim.total_steps=4", "run.log_every=2", "run.ckpt_every=2", "data.batch_size=4",
-           "run.device=cpu", f"model.bottleneck.kind={bottleneck}"]
+           family, "--config", "tiny", f"data.path={data}", f"run.out_dir={out}",
+           "run.log_every=2", "data.batch_size=4", "run.device=cpu", *overrides]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+@NEEDS_TORCHRUN
+@pytest.mark.parametrize("bottleneck", ["kl", "rvq"])
+def test_ddp_two_processes_gloo(small_data, tmp_path, bottleneck):
+    out = tmp_path / "ddp"
+    _torchrun_train("autoencoder", small_data, out, "optim.total_steps=4", "run.ckpt_every=2",
+                    f"model.bottleneck.kind={bottleneck}")
     ckpt = load_checkpoint(out / "checkpoint.pt")
     assert ckpt["step"] == 4
     run = json.loads((out / "run.json").read_text())
@@ -113,19 +122,12 @@ def test_ddp_two_processes_gloo(small_data, tmp_path, bottleneck):
         assert any("cluster_size" in k for k in ckpt["model"])
 
 
-@pytest.mark.skipif(shutil.which("torchrun") is None and not (ROOT / ".venv/bin/torchrun").exists(),
-                    reason="torchrun not installed")
+@NEEDS_TORCHRUN
 def test_ddp_self_conditioning_coordflow(small_data, tmp_path):
     # half the steps skip the self-conditioning inputs: DDP must not wait for their gradients
-    torchrun = shutil.which("torchrun") or str(ROOT / ".venv/bin/torchrun")
     out = tmp_path / "ddp_sc"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [torchrun, "--standalone", "--nproc_per_node=2", "-m", "mofasa.cli", "train",
-           "coordflow", "--config", "tiny", f"data.path={small_data}", f"run.out_dir={out}",
-           "optim.total_steps=6", "run.log_every=2", "run.ckpt_every=6", "data.batch_size=4",
-           "run.device=cpu", "model.self_condition=true", "probes.every=0"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, check=False)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    _torchrun_train("coordflow", small_data, out, "optim.total_steps=6", "run.ckpt_every=6",
+                    "model.self_condition=true", "probes.every=0")
     assert load_checkpoint(out / "checkpoint.pt")["step"] == 6
 
 
