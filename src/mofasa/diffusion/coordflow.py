@@ -31,6 +31,7 @@ from mofasa.data.batch import CrystalBatch
 from mofasa.data.canonical import BOND_TOL
 from mofasa.data.elements import COVALENT_RADII
 from mofasa.diffusion.conditions import ConditionBatch, ConditionMix, training_conditions
+from mofasa.diffusion.priors import align_translation, harmonic_noise
 from mofasa.geometry.lattice_torch import (
     min_image_frac_torch,
     pair_distances_torch,
@@ -95,6 +96,12 @@ class CoordFlowConfig:
             BOND_TOL), weighted by t^4 (near-clean times only; 0: off). Samples put 15% of H
             atoms and 9% of C atoms in contact with too many neighbours (QMOF: 0.2% and 0%).
         contact_margin: how far beyond bonding distance a pair must be in the data (Å).
+        bond_prior: the coordinate noise of crystals whose bonds are given: ``uniform`` (as
+            every other crystal) or ``harmonic`` (`diffusion.priors`: bonded atoms start next
+            to each other, Gaussian with the bond graph's Laplacian as precision, each
+            component at a uniform position; in training translated onto the clean structure).
+            Training and sampling must agree: it is part of the model.
+        harmonic_sigma: per-axis standard deviation of a bond vector under that prior (Å).
     """
 
     time_power: float = 0.5
@@ -120,6 +127,8 @@ class CoordFlowConfig:
     restarts: int = 0
     restart_t: float = 0.9
     restart_steps: int = 4
+    bond_prior: str = "uniform"
+    harmonic_sigma: float = 1.0
 
     def __post_init__(self) -> None:
         if self.refine < 0 or not 0 < self.refine_t <= 1:
@@ -136,6 +145,9 @@ class CoordFlowConfig:
         if self.coord_weighting not in ("uniform", "velocity") or not 0 < self.velocity_floor < 1:
             raise ValueError(f"coord_weighting must be 'uniform' or 'velocity' with "
                              f"velocity_floor in (0, 1), got {self}")
+        if self.bond_prior not in ("uniform", "harmonic") or self.harmonic_sigma <= 0:
+            raise ValueError(f"bond_prior must be 'uniform' or 'harmonic' with harmonic_sigma "
+                             f"> 0, got {self.bond_prior!r}, {self.harmonic_sigma}")
         if self.coupling not in ("independent", "ot"):
             raise ValueError(f"coupling must be 'independent' or 'ot', got {self.coupling!r}")
         if not (self.time_power > 0 and 0 < self.t_max <= 1 and self.steps >= 1
@@ -169,13 +181,38 @@ class CoordFlow(nn.Module):
 
     def _noised(self, batch: CrystalBatch, t: torch.Tensor
                 ) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
-        x1, c1, l1 = batch_state(batch, self.codes, self.coder)  # (B,N,3), (B,N,bits), (B,6)
-        m = batch.mask.unsqueeze(-1).to(x1.dtype)  # (B, N, 1)
+        """Training's noisy state at times t (B,) and the clean state (no condition)."""
+        clean = batch_state(batch, self.codes, self.coder)  # (B,N,3), (B,N,bits), (B,6)
+        m = batch.mask.unsqueeze(-1).to(clean[0].dtype)  # (B, N, 1)
+        noise = self._training_noise(batch, clean)
+        return _interpolate(noise, clean, t.view(-1, 1, 1), m), clean
+
+    def _training_noise(self, batch: CrystalBatch, clean: tuple[torch.Tensor, ...]
+                        ) -> tuple[torch.Tensor, ...]:
+        """(x0 (B, N, 3) ~ U[0, 1), c0 (B, N, bits), l0 (B, 6)) for the clean state."""
+        x1, c1, l1 = clean
         x0 = torch.rand_like(x1)
         if self.config.coupling == "ot":
             x0 = ot_coupled_noise(x0, x1, batch.lattice, batch.atom_types, batch.mask)
-        noise = (x0, torch.randn_like(c1), torch.randn_like(l1))
-        return _interpolate(noise, (x1, c1, l1), t.view(-1, 1, 1), m), (x1, c1, l1)
+        return x0, torch.randn_like(c1), torch.randn_like(l1)
+
+    def _with_bond_prior(self, noise: tuple[torch.Tensor, ...], x1: torch.Tensor,
+                         cond: ConditionBatch, mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """``noise`` with the coordinates of crystals whose bonds ``cond`` gives drawn from the
+        harmonic prior (from the same uniform draw) and translated onto their clean ``x1``."""
+        x0 = noise[0]
+        prior = align_translation(self.bond_prior(x0, cond, mask), x1, mask)
+        return (torch.where(prior_rows(cond).view(-1, 1, 1), prior, x0), *noise[1:])
+
+    def bond_prior(self, u: torch.Tensor, cond: ConditionBatch | None, mask: torch.Tensor
+                   ) -> torch.Tensor:
+        """(B, N, 3) coordinate noise from the uniform draw ``u``: the harmonic prior of the
+        given bonds where ``bond_prior`` is harmonic and bonds are given, else ``u``."""
+        if cond is None or self.config.bond_prior != "harmonic":
+            return u
+        n = mask.sum(1).to(u.dtype)  # (B,)
+        length = float(np.exp(self.config.log_len_mean)) * n.clamp(min=1).pow(1.0 / 3.0)
+        return harmonic_noise(u, cond.hops == 2, mask, length, self.config.harmonic_sigma)
 
     @property
     def conditional(self) -> bool:
@@ -237,11 +274,18 @@ class CoordFlow(nn.Module):
         B = mask.shape[0]
         u = torch.rand(B, device=mask.device)  # (B,)
         t = u.pow(self.config.time_power) * self.config.t_max  # (B,)
-        state, (x1, c1, l1) = self._noised(batch, t)
+        clean = batch_state(batch, self.codes, self.coder)
+        x1, c1, l1 = clean  # (B, N, 3), (B, N, bits), (B, 6)
+        noise = self._training_noise(batch, clean)
         cond, tasks = None, []
         if self.conditional:
             cond, tasks = training_conditions(batch.atom_types, x1, batch.lattice, mask,
                                               self.config.mix, None)
+            if self.config.bond_prior == "harmonic":  # from the same uniform draw
+                noise = self._with_bond_prior(noise, x1, cond, mask)
+        m = mask.unsqueeze(-1).to(x1.dtype)  # (B, N, 1)
+        state = _interpolate(noise, clean, t.view(-1, 1, 1), m)
+        if cond is not None:
             state = self.clamp(state, cond, batch.num_atoms)
         est = None  # self-conditioning: half the batches see a first, gradient-free estimate
         if self.self_conditioning and torch.rand(()).item() < 0.5:
@@ -348,10 +392,10 @@ class CoordFlow(nn.Module):
         B = mask.shape[0]
         dev = mask.device
         m = mask.unsqueeze(-1).float()  # (B, N, 1)
-        x, c, lcode = self._draw_noise(mask, generator, noise_fn)
+        cond = cond.to(dev) if cond is not None else None
+        x, c, lcode = self._draw_noise(mask, generator, noise_fn, cond)
         x, c = x * m, c * m
         n = mask.sum(1)  # (B,)
-        cond = cond.to(dev) if cond is not None else None
         state = self.clamp((x, c, lcode), cond, n)
         grid = self.time_grid(steps or self.config.steps)
         state, c_hat, drift = self._integrate(state, grid, mask, cond, guidance, generator,
@@ -403,22 +447,25 @@ class CoordFlow(nn.Module):
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The (clean) state noised to time ``t`` as in training, from fresh noise (drawn
         like the initial state: ``noise_fn()`` when given); conditions written back in."""
-        noise = tuple(v.to(state[0]) for v in self._draw_noise(mask, generator, noise_fn))
+        noise = tuple(v.to(state[0]) for v in self._draw_noise(mask, generator, noise_fn, cond))
         m = mask.unsqueeze(-1).to(state[0].dtype)  # (B, N, 1)
         return self.clamp(_interpolate(noise, state, t, m), cond, mask.sum(1))
 
     def _draw_noise(self, mask: torch.Tensor, generator: torch.Generator | None,
-                    noise_fn: Callable[[], tuple[torch.Tensor, ...]] | None
+                    noise_fn: Callable[[], tuple[torch.Tensor, ...]] | None,
+                    cond: ConditionBatch | None = None
                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``(frac (B, N, 3) ~ U[0, 1), type codes (B, N, bits), lattice code (B, 6))`` on
-        the mask's device: ``noise_fn()`` when given, else from ``generator`` (in that order)."""
+        """``(frac (B, N, 3), type codes (B, N, bits), lattice code (B, 6))`` on the mask's
+        device: ``noise_fn()`` when given, else from ``generator`` (in that order); the
+        coordinates ~ U[0, 1), or the harmonic prior of given bonds (`bond_prior`)."""
         if noise_fn is not None:
-            return tuple(v.to(mask.device) for v in noise_fn())
-        B, N = mask.shape
-        x = torch.rand(B, N, 3, generator=generator)
-        c = torch.randn(B, N, self.codes.shape[1], generator=generator)
-        lcode = torch.randn(B, 6, generator=generator)
-        return x.to(mask.device), c.to(mask.device), lcode.to(mask.device)
+            x, c, lcode = (v.to(mask.device) for v in noise_fn())
+        else:
+            B, N = mask.shape
+            x = torch.rand(B, N, 3, generator=generator).to(mask.device)
+            c = torch.randn(B, N, self.codes.shape[1], generator=generator).to(mask.device)
+            lcode = torch.randn(B, 6, generator=generator).to(mask.device)
+        return self.bond_prior(x, cond, mask), c, lcode
 
     def _refine(self, state: tuple[torch.Tensor, ...], mask: torch.Tensor,
                 cond: ConditionBatch | None, guidance: float, count: int
@@ -473,6 +520,11 @@ class CoordFlow(nn.Module):
 
 
 @torch.no_grad()
+def prior_rows(cond: ConditionBatch) -> torch.Tensor:
+    """(B,) bool: crystals whose bonds are given (the harmonic prior's rows)."""
+    return (cond.hops == 2).flatten(1).any(1)
+
+
 def ot_coupled_noise(x0: torch.Tensor, x1: torch.Tensor, lattice: torch.Tensor,
                      types: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """The noise ``x0`` (B, N, 3) re-assigned to atoms within each element of each crystal by
