@@ -56,8 +56,9 @@ def _conditions(mode: str, ref) -> object | None:
 
 
 def _generate(model, refs, mode: str, per: int, guidance: float, steps: int, seed: int,
-              refine: int | None = None):
+              refine: int | None = None, restrain: int = 0):
     from mofasa.diffusion.conditions import ConditionBatch
+    from mofasa.diffusion.restraint import restrain_bonds
     from mofasa.sampling.api import CoordNoise
 
     out, diag_rows = [], []
@@ -76,6 +77,9 @@ def _generate(model, refs, mode: str, per: int, guidance: float, steps: int, see
             batch = model.generate(mask, steps=steps, noise_fn=CoordNoise(
                 idx, [n] * len(chunk), seed, (model.codes.shape[1], 6)), cond=cb,
                 guidance=guidance, refine=refine, diagnostics=diag)
+            if restrain and cb is not None:  # the sampler option --restrain-bonds
+                batch.frac = restrain_bonds(batch.frac, batch.lattice, batch.atom_types,
+                                            cb.hops == 2, batch.mask, restrain, hold=cb.keep)
             for b, c in enumerate(batch.unbatch()):
                 out.append((chunk[b][0], c))
                 diag_rows.append({"free_types": diag["free_types"][b, :n].numpy(),
@@ -185,6 +189,8 @@ def main() -> None:
     ap.add_argument("--restarts", type=int, default=None,
                     help="restart passes (default: the model's)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--restrain-bonds", type=int, default=0,
+                    help="bond restraint steps after sampling, bonds mode (the sampler option)")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
     ap.add_argument("--out", default="runs/cond_eval")
@@ -209,7 +215,7 @@ def main() -> None:
     report: dict = {"model": args.model, "step": model.checkpoint_info["step"],
                     "conditions": len(refs), "per": args.per, "steps": steps,
                     "refine": model.config.refine if args.refine is None else args.refine,
-                    "restarts": model.config.restarts,
+                    "restarts": model.config.restarts, "restrain_bonds": args.restrain_bonds,
                     "modes": {}}
     curves: dict = {}
     for mode in args.modes:
@@ -217,7 +223,7 @@ def main() -> None:
             name = f"{mode}@w{w:g}"
             t0 = time.perf_counter()
             made, diags = _generate(model, refs, mode, args.per, w, steps, args.seed,
-                                    args.refine)
+                                    args.refine, args.restrain_bonds if mode == "bonds" else 0)
             res = _adherence(mode, refs, made, diags)
             res["sample_seconds"] = round(time.perf_counter() - t0, 1)
             validity, valid = _validity([c for _, c in made], out / name, args.workers,

@@ -67,6 +67,35 @@ def test_bonds_and_guidance_and_inpainting_run_through_the_api(models, reference
     assert node.sum() >= kept[0].metadata["kept_atoms"]
 
 
+def test_bond_restraint_moves_bond_samples_toward_their_bonds_and_is_recorded(
+        models, reference, tmp_path, capsys):
+    from mofasa.data.canonical import bond_edges
+
+    plain = sample(str(models[0]), num=2, steps=2, bonds_from=REF, device="cpu")
+    held = sample(str(models[0]), num=2, steps=2, bonds_from=REF, device="cpu",
+                  restrain_bonds=200)
+    want = {(int(i), int(j)) for i, j in bond_edges(reference.lattice, reference.frac,
+                                                    reference.numbers)[0] if i < j}
+
+    def present(c) -> float:
+        got = {(int(i), int(j)) for i, j in bond_edges(c.lattice, c.frac, c.numbers)[0]}
+        return len(want & got) / len(want)
+
+    for a, b in zip(plain, held, strict=True):
+        assert np.array_equal(a.numbers, b.numbers) and np.allclose(a.lattice, b.lattice)
+        # an untrained model: from near-random positions the restraint untangles part of it
+        assert present(b) > present(a) + 0.3, (present(a), present(b))
+        assert b.metadata["restrain_bonds"] == 200
+    common = ["sample", "--model", str(models[0]), "--out", str(tmp_path / "o"), "--num", "1",
+              "--steps", "2", "--no-progress", "--device", "cpu", "--bonds-from", str(REF)]
+    assert main([*common, "--restrain-bonds", "20"]) == 0
+    settings = json.loads((tmp_path / "o" / "settings.json").read_text())
+    assert settings["identity"]["restrain_bonds"] == 20
+    capsys.readouterr()
+    assert main(common) == 2  # a resume without the restraint is another run
+    assert "other settings" in capsys.readouterr().err
+
+
 def test_corrector_steps_hold_kept_atoms_and_are_recorded(models, reference, tmp_path):
     kept = sample(str(models[0]), num=2, steps=2, refine=2, inpaint=REF, keep="metals",
                   device="cpu")
@@ -97,6 +126,8 @@ def test_element_sets_stay_within_the_set_and_draw_seen_counts(models, reference
     ({"formula": "Cu2O", "metal": "Cu"}, "cannot be combined"),
     ({"metal": "C"}, "give one metal"),
     ({"bonds_from": "/nonexistent.cif"}, "no such file"),
+    ({"formula": "Cu2O", "restrain_bonds": 10}, "--restrain-bonds needs --bonds-from"),
+    ({"bonds_from": str(REF), "restrain_bonds": -1}, "restrain_bonds must be"),
 ])
 def test_impossible_conditions_are_refused_before_any_work(kwargs, message):
     with pytest.raises(SampleSettingsError, match=message):

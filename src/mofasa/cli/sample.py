@@ -59,6 +59,10 @@ def add_sample_parser(commands: argparse._SubParsersAction) -> None:
                    "linkers (every non-metal) or site indices of REF.cif, e.g. 0,4,7")
     c.add_argument("--free-lattice", action="store_true",
                    help="with --inpaint: generate the lattice too (default: the reference's)")
+    c.add_argument("--restrain-bonds", type=int, default=0, metavar="STEPS",
+                   help="with --bonds-from: after sampling, STEPS Adam steps pulling the given "
+                   "bonds to covalent-radius sums and other pairs out of bonding distance "
+                   "(0: off; figures with it are not the model's alone; e.g. 300)")
     p.add_argument("--batch-size", type=int, default=64, help="structures per batch")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
@@ -83,7 +87,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, device=args.device, bf16=args.bf16,
         formula=args.formula, elements=args.elements, metal=args.metal,
         bonds_from=args.bonds_from, inpaint=args.inpaint, keep=args.keep,
-        free_lattice=args.free_lattice,
+        free_lattice=args.free_lattice, restrain_bonds=args.restrain_bonds,
     ).check()  # fmt: skip
     if args.reference is not None and not Path(args.reference).exists():
         raise SampleSettingsError(f"--reference {args.reference}: no such file or folder")

@@ -9,6 +9,7 @@ between batch shapes and devices). Structures are batched by atom count, so padd
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -16,10 +17,12 @@ import numpy as np
 import torch
 
 from mofasa.checkpoint import load_model
+from mofasa.data.batch import CrystalBatch
 from mofasa.data.crystal import Crystal
 from mofasa.diffusion.conditions import ConditionBatch
 from mofasa.diffusion.coordflow import CoordFlow
 from mofasa.diffusion.latent import LatentDiffusion
+from mofasa.diffusion.restraint import restrain_bonds
 from mofasa.sampling.conditions import ConditionPlan, plan_conditions
 from mofasa.sampling.settings import SampleSettings
 
@@ -156,6 +159,8 @@ def iter_samples(model: LatentDiffusion | CoordFlow, indices: Sequence[int],
                 out = model.generate(mask.to(model.device), ids, steps=settings.steps,
                                      noise_fn=noise, cond=cond, guidance=settings.guidance,
                                      refine=settings.refine, restarts=settings.restarts)
+            if settings.restrain_bonds and cond is not None:
+                out = _restrained(out, cond.to(out.frac.device), settings.restrain_bonds)
         else:
             noise = StructureNoise(idx, ns, settings.seed,
                                    (model.local_mean.numel(), model.global_mean.numel()))
@@ -166,6 +171,13 @@ def iter_samples(model: LatentDiffusion | CoordFlow, indices: Sequence[int],
         for crystal, i in zip(crystals, idx, strict=True):
             crystal.metadata = {**meta, "index": int(i)}
         yield crystals
+
+
+def _restrained(batch: CrystalBatch, cond: ConditionBatch, steps: int) -> CrystalBatch:
+    """The batch with its given bonds restrained (`diffusion.restraint.restrain_bonds`)."""
+    frac = restrain_bonds(batch.frac, batch.lattice, batch.atom_types, cond.hops == 2,
+                          batch.mask, steps, hold=cond.keep)
+    return dataclasses.replace(batch, frac=frac)
 
 
 def sample(
@@ -191,6 +203,7 @@ def sample(
     inpaint: str | Path | None = None,
     keep: str | None = None,
     free_lattice: bool = False,
+    restrain_bonds: int = 0,
 ) -> list[Crystal]:
     """Sample ``num`` crystals (arguments as in :class:`SampleSettings`).
 
@@ -218,6 +231,8 @@ def sample(
         inpaint: reference CIF whose ``keep`` atoms (and lattice) are given.
         keep: ``metals``, ``metal-node``, ``linkers`` or reference site indices ``"0,4,7"``.
         free_lattice: generate the lattice when inpainting.
+        restrain_bonds: with ``bonds_from``, Adam steps of the bond restraint after sampling
+            (0: off; :class:`SampleSettings`).
 
     Returns:
         ``num`` `Crystal` objects in index order.
@@ -235,7 +250,8 @@ def sample(
                               guidance=guidance, batch_size=batch_size, device=device,
                               bf16=bf16, formula=formula, elements=elements, metal=metal,
                               bonds_from=opt(bonds_from),
-                              inpaint=opt(inpaint), keep=keep, free_lattice=free_lattice).check()
+                              inpaint=opt(inpaint), keep=keep, free_lattice=free_lattice,
+                              restrain_bonds=restrain_bonds).check()
     net = load_model(model, device)
     plan = plan_conditions(settings, net)
     size_hist = size_histogram(settings, net, plan)

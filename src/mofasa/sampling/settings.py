@@ -19,11 +19,13 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["CONDITION_FIELDS", "SAMPLERS", "AtomRangeWarning", "SampleSettings",
-           "SampleSettingsError", "trained_atom_range"]
+__all__ = ["CONDITION_FIELDS", "OPTIONAL_IDENTITY", "SAMPLERS", "AtomRangeWarning",
+           "SampleSettings", "SampleSettingsError", "trained_atom_range"]
 
 SAMPLERS = ("ddim", "ddpm", "euler")  # the latent family's two, the coordinate family's one
 CONDITION_FIELDS = ("formula", "elements", "metal", "bonds_from", "inpaint")
+#: identity keys recorded only when on, so runs from before the setting existed still resume
+OPTIONAL_IDENTITY = ("restarts", "restrain_bonds")
 
 
 class SampleSettingsError(ValueError):
@@ -64,6 +66,10 @@ class SampleSettings:
         keep: ``metals``, ``metal-node``, ``linkers`` or site indices ``I,J,K`` of the
             reference file (with ``inpaint``).
         free_lattice: inpainting generates the lattice too.
+        restrain_bonds: with ``bonds_from``, Adam steps of the bond restraint after sampling
+            (`diffusion.restraint`: the given bonds pulled to the covalent-radius sums, other
+            pairs pushed out of bonding distance; 0: off). Figures with it are not the model's
+            alone.
     """
 
     model: str = "default"
@@ -86,6 +92,7 @@ class SampleSettings:
     inpaint: str | None = None
     keep: str | None = None
     free_lattice: bool = False
+    restrain_bonds: int = 0
 
     @property
     def condition(self) -> str | None:
@@ -135,6 +142,10 @@ class SampleSettings:
         _require(self.keep is None or self.inpaint is not None, "--keep needs --inpaint REF.cif")
         _require(not self.free_lattice or self.inpaint is not None,
                  "--free-lattice needs --inpaint REF.cif")
+        _require(isinstance(self.restrain_bonds, int) and self.restrain_bonds >= 0,
+                 f"restrain_bonds must be an integer >= 0, got {self.restrain_bonds!r}")
+        _require(not self.restrain_bonds or self.bonds_from is not None,
+                 "--restrain-bonds needs --bonds-from REF.cif (it restrains the given bonds)")
         _require(self.inpaint is None or self.keep is not None,
                  "--inpaint needs --keep metals|metal-node|linkers|I,J,K")
         _require(self.atoms is None or self.condition in (None, "elements", "metal"),
@@ -202,8 +213,9 @@ class SampleSettings:
         out = {k: d[k] for k in ("model", "seed", "atoms", "atoms_from", "steps", "sampler",
                                  "refine", "guidance", "bf16", *CONDITION_FIELDS, "keep",
                                  "free_lattice")}
-        if d["restarts"]:  # none reads as before the setting existed: old runs still resume
-            out["restarts"] = d["restarts"]
+        for key in OPTIONAL_IDENTITY:  # off reads as before the setting existed: old runs
+            if d[key]:  # still resume
+                out[key] = d[key]
         return out
 
 

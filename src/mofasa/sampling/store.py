@@ -25,7 +25,7 @@ from mofasa.checkpoint import load_model
 from mofasa.data.crystal import Crystal
 from mofasa.sampling.api import iter_samples, size_histogram
 from mofasa.sampling.conditions import plan_conditions
-from mofasa.sampling.settings import SampleSettings, SampleSettingsError
+from mofasa.sampling.settings import OPTIONAL_IDENTITY, SampleSettings, SampleSettingsError
 
 __all__ = ["SamplingSettingsError", "cell_problem", "done_indices", "write_samples"]
 
@@ -51,7 +51,10 @@ def _check_settings(path: Path, settings: SampleSettings) -> None:
         return
     old = json.loads(path.read_text())
     old = old.get("identity", old)  # folders written before settings carried an identity
-    diff = {k: (old.get(k), v) for k, v in settings.identity().items() if old.get(k) != v}
+    new = settings.identity()
+    diff = {k: (old.get(k), v) for k, v in new.items() if old.get(k) != v}
+    # settings recorded only when on (restarts, restrain_bonds): on before, off now differs
+    diff.update({k: (old[k], None) for k in OPTIONAL_IDENTITY if old.get(k) and k not in new})
     if diff:
         raise SampleSettingsError(
             f"{path.parent} holds a run with other settings {diff} (old, new): use another "
