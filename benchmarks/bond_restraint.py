@@ -6,10 +6,10 @@ Bond-conditioned samples (as `conditioning_eval.py --modes bonds`, w = 1) are sc
 MOFChecker (headline mode, screened), then every sample's atoms are moved, lattice and elements
 fixed, to minimise a restraint energy built only from what the condition gives: each given
 bond (by canonical index) pulled to the sum of the two Cordero radii, every other pair pushed
-beyond the canonical bond rule's cut-off (r_i + r_j + 0.45 Å), and scored again. If validity
+beyond the canonical bond rule's cut-off (the sampler's `--restrain-bonds 300`), and scored
+again. If validity
 then jumps, the sampled bond graph and placement are right and only the lengths miss; if not,
-the failures lie in the arrangement itself. This is a probe, not a sampler option: the
-model's figures are the first row.
+the failures lie in the arrangement itself. The model's own figures are the first row.
 """
 from __future__ import annotations
 
@@ -24,42 +24,21 @@ import numpy as np
 import torch
 
 
-def restrain(crystal, bonded: set[tuple[int, int]], steps: int = 300, lr: float = 0.02):
-    """The crystal with atoms moved (Adam on Cartesian positions, cell fixed) to minimise the
-    restraint energy of the module docstring; returns (crystal, energy before, after)."""
-    from mofasa.data.canonical import BOND_TOL
+def restrain(crystal, bonded: set[tuple[int, int]], steps: int = 300):
+    """The crystal after the sampler's bond restraint (`diffusion.restraint`, the given bonds
+    ``bonded``); returns (crystal, energy before, after)."""
+    from mofasa.data import collate
     from mofasa.data.crystal import Crystal
-    from mofasa.data.elements import COVALENT_RADII
-    from mofasa.geometry.lattice_torch import pair_distances_torch
+    from mofasa.diffusion.restraint import restrain_bonds, restraint_energy
 
-    lat = torch.as_tensor(crystal.lattice, dtype=torch.float64).unsqueeze(0)  # (1, 3, 3)
-    inv = torch.linalg.inv(lat)
-    cart = (torch.as_tensor(crystal.frac, dtype=torch.float64).unsqueeze(0) @ lat)
-    cart = cart.clone().requires_grad_(True)  # (1, N, 3) Å
-    n = crystal.num_atoms
-    r = torch.as_tensor(COVALENT_RADII, dtype=torch.float64)[torch.as_tensor(crystal.numbers)]
-    target = r.unsqueeze(0) + r.unsqueeze(1)  # (N, N) Å
-    bond = torch.zeros(n, n, dtype=torch.bool)
+    batch = collate([crystal], dtype=torch.float64)
+    adj = torch.zeros(1, crystal.num_atoms, crystal.num_atoms, dtype=torch.bool)
     for i, j in bonded:
-        bond[i, j] = bond[j, i] = True
-    other = ~bond & ~torch.eye(n, dtype=torch.bool)
-    cut = target + BOND_TOL + 0.05
-
-    def energy() -> torch.Tensor:
-        d = pair_distances_torch(cart @ inv, lat)[0]  # (N, N)
-        e_b = ((d - target).square() * bond).sum() / 2
-        e_o = (torch.relu(cut - d).square() * other).sum() / 2
-        return e_b + e_o
-
-    opt = torch.optim.Adam([cart], lr=lr)
-    e0 = float(energy())
-    for _ in range(steps):
-        opt.zero_grad()
-        e = energy()
-        e.backward()
-        opt.step()
-    frac = (cart.detach() @ inv)[0].numpy() % 1.0
-    return Crystal(crystal.numbers, frac, crystal.lattice), e0, float(energy())
+        adj[0, i, j] = adj[0, j, i] = True
+    args = (batch.lattice, batch.atom_types, adj, batch.mask)
+    frac = restrain_bonds(batch.frac, *args, steps)
+    e0, e1 = (float(restraint_energy(x, *args)[0]) for x in (batch.frac, frac))
+    return Crystal(crystal.numbers, frac[0].numpy(), crystal.lattice), e0, e1
 
 
 def main() -> None:
