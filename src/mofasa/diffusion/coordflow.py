@@ -519,12 +519,12 @@ class CoordFlow(nn.Module):
                             mask=mask, num_atoms=n.long(), ids=list(ids or [None] * len(n)))
 
 
-@torch.no_grad()
 def prior_rows(cond: ConditionBatch) -> torch.Tensor:
     """(B,) bool: crystals whose bonds are given (the harmonic prior's rows)."""
     return (cond.hops == 2).flatten(1).any(1)
 
 
+@torch.no_grad()
 def ot_coupled_noise(x0: torch.Tensor, x1: torch.Tensor, lattice: torch.Tensor,
                      types: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """The noise ``x0`` (B, N, 3) re-assigned to atoms within each element of each crystal by
