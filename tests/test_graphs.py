@@ -16,6 +16,7 @@ from mofasa.geometry.graphs import (
     interplanar_spacings,
     knn_graph_pbc,
     knn_graph_pbc_batch,
+    knn_graph_pbc_dense_batch,
     radius_graph_pbc,
     radius_graph_pbc_batch,
 )
@@ -378,6 +379,65 @@ def test_batch_equals_single(kind):
     torch.testing.assert_close(gb.distances, torch.cat(dist))
     # No edge touches a padded atom.
     assert mask.reshape(-1)[gb.edge_index].all()
+
+
+def _edge_table(g: PeriodicGraph) -> dict[tuple[int, ...], float]:
+    """Edges strictly inside their centre's k-th distance (ties there may pick either image)."""
+    i = g.edge_index[0]
+    kth = torch.zeros(int(i.max()) + 1, dtype=g.distances.dtype).scatter_reduce(
+        0, i, g.distances, "amax")
+    inner = g.distances < kth[i] - 1e-9
+    keys = torch.cat([g.edge_index.T, g.offsets], dim=1)[inner].tolist()
+    return {tuple(k): float(d) for k, d in zip(keys, g.distances[inner].tolist(), strict=True)}
+
+
+def _random_batch(seed: int, b: int, n: int, scale: float, skew: float):
+    gen = torch.Generator().manual_seed(seed)
+    frac = torch.rand(b, n, 3, generator=gen, dtype=torch.float64) * 3 - 1  # unwrapped too
+    lat = (torch.diag_embed(torch.full((b, 3), scale, dtype=torch.float64))
+           + skew * torch.randn(b, 3, 3, generator=gen, dtype=torch.float64))
+    sizes = torch.randint(1, n + 1, (b,), generator=gen)
+    return frac, lat, torch.arange(n)[None] < sizes[:, None]
+
+
+@pytest.mark.parametrize("batch", ["fixtures", "mof_like", "small_cells"])
+@pytest.mark.parametrize("chunk", [None, 200])
+def test_dense_knn_batch_equals_exact(batch, chunk, monkeypatch):
+    """The padded search finds the same k nearest images as the exact per-crystal search;
+    only the choice and order among equal distances may differ (checked: each centre's
+    distances in order, and its edges inside its k-th distance as a set)."""
+    if chunk is not None:  # many chunks (one crystal each)
+        monkeypatch.setattr(graphs, "_CHUNK_ELEMENTS", chunk)
+    if batch == "fixtures":  # a one-atom cell, a small cell and a needle: exact fallbacks
+        frac, lat, mask, _ = _padded_batch()
+    elif batch == "mof_like":
+        frac, lat, mask = _random_batch(0, 12, 40, 10.0, 0.5)
+    else:  # cells of ~3-4 Å: the 27-image pass and the fallback
+        frac, lat, mask = _random_batch(1, 10, 6, 3.5, 0.8)
+    k = 12
+    ref = knn_graph_pbc_batch(frac, lat, mask, k)
+    got = knn_graph_pbc_dense_batch(frac, lat, mask, k)
+    assert got.edge_index.shape == ref.edge_index.shape
+    assert torch.equal(got.edge_index[0], ref.edge_index[0])  # same centres, same order
+    torch.testing.assert_close(got.distances, ref.distances)  # same distance order per centre
+    a, b = _edge_table(got), _edge_table(ref)
+    assert a.keys() == b.keys()
+    assert max(abs(a[e] - b[e]) for e in a) < 1e-9
+    assert mask.reshape(-1)[got.edge_index].all()
+    torch.testing.assert_close(  # vectors are the edges' own geometry
+        got.vectors.norm(dim=-1), got.distances)
+
+
+def test_dense_knn_gradients_and_empty():
+    frac, lat, mask = _random_batch(2, 3, 10, 8.0, 0.3)
+    frac.requires_grad_(True)
+    g = knn_graph_pbc_dense_batch(frac, lat, mask, 4)
+    g.distances.sum().backward()
+    assert frac.grad is not None and torch.isfinite(frac.grad).all()
+    empty = knn_graph_pbc_dense_batch(frac.detach(), lat, torch.zeros_like(mask), 4)
+    assert empty.num_edges == 0 and empty.vectors.shape == (0, 3)
+    with pytest.raises(ValueError, match="k must be"):
+        knn_graph_pbc_dense_batch(frac.detach(), lat, mask, 0)
 
 
 def test_batch_all_padding_is_empty():

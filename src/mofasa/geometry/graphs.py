@@ -44,6 +44,7 @@ __all__ = [
     "interplanar_spacings",
     "knn_graph_pbc",
     "knn_graph_pbc_batch",
+    "knn_graph_pbc_dense_batch",
     "nearest_image_graph_batch",
     "radius_graph_pbc",
     "radius_graph_pbc_batch",
@@ -473,6 +474,135 @@ def knn_graph_pbc_batch(
     """
     return _batched(frac, lattice, mask, lambda f, lat: knn_graph_pbc(f, lat, k, cutoff=cutoff))
 
+
+
+# A dense batched search tries each pair at the images within m shifts of its fractional
+# minimum image, i.e. every image with all |u_a| <= m + 1/2; an image outside has some
+# |u_a| > m + 1/2 and so lies farther than (m + 1/2) times the smallest plane spacing (module
+# docstring). A crystal's result is exact when every k-th neighbour lies inside that radius,
+# with a relative margin for the rounding of the expanded squared distances.
+_DENSE_MARGIN = 1e-3
+
+
+def knn_graph_pbc_dense_batch(
+    frac: torch.Tensor, lattice: torch.Tensor, mask: torch.Tensor, k: int
+) -> PeriodicGraph:
+    """:func:`knn_graph_pbc_batch` as padded searches, for many small crystals at once.
+
+    First every pair is tried at its minimum image alone ((B, N, N) squared distances), then
+    the crystals whose k-th neighbours that does not provably contain at the 27 images around
+    it ((b, N, N, 27)), and the few left (cells thinner than ~2/3 of the k-th distance, or
+    fewer than k candidates) by the exact per-crystal search; batch chunks of
+    ~`_CHUNK_ELEMENTS`. Edges as :func:`knn_graph_pbc_batch` (by crystal, centre, distance);
+    only the order of neighbours at equal distances (e.g. an atom's own images at +-n) may
+    differ. 2-3x faster than the per-crystal loop for the denoiser's batches on CPU.
+
+    Args:
+        frac: (B, N, 3) fractional coordinates; padded rows may hold anything.
+        lattice: (B, 3, 3) row-vector lattices in Å.
+        mask: (B, N) bool, True for real atoms.
+        k: neighbours per atom (>= 1).
+    """
+    _check_batch(frac, lattice, mask)
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    n_pad = frac.shape[1]
+    f, lat = frac.detach(), lattice.detach()
+    todo = mask.any(1).nonzero(as_tuple=True)[0]  # crystals with atoms
+    pieces: list[tuple[torch.Tensor, ...]] = []  # (crystal, i, j, offsets) per edge
+    for m in (0, 1):
+        if todo.numel() == 0:
+            break
+        box = torch.arange(-m, m + 1, device=frac.device)
+        shifts = torch.cartesian_prod(box, box, box).reshape(-1, 3)  # (S, 3), zero at S // 2
+        cb, ci, cj, off, exact = _dense_pass(f[todo], lat[todo], mask[todo], shifts, k, m)
+        keep = exact[cb]
+        pieces.append((todo[cb[keep]], ci[keep], cj[keep], off[keep]))
+        todo = todo[~exact]
+    for b in todo.tolist():  # rare: tiny or extremely skewed (noisy) cells
+        idx = mask[b].nonzero(as_tuple=True)[0]
+        g = knn_graph_pbc(f[b, idx], lat[b], k)
+        crystal = torch.full_like(g.edge_index[0], b)
+        pieces.append((crystal, idx[g.edge_index[0]], idx[g.edge_index[1]], g.offsets))
+    if not pieces:
+        return _empty_graph(frac)
+    crystal, i, j, off = (torch.cat(t) for t in zip(*pieces, strict=True))
+    # each centre's edges are contiguous and distance-ordered in its piece: a stable sort by
+    # (crystal, centre) restores the batch order and keeps that
+    order = torch.argsort(crystal * n_pad + i, stable=True)
+    base = crystal[order] * n_pad
+    return _batch_edges(frac, lattice, base + i[order], base + j[order], off[order])
+
+
+def _dense_pass(frac: torch.Tensor, lattice: torch.Tensor, mask: torch.Tensor,
+                shifts: torch.Tensor, k: int, m: int
+                ) -> tuple[torch.Tensor, ...]:
+    """k nearest among the ``shifts`` images around each pair's minimum image, in chunks.
+
+    Returns ``(crystal, i, j, offsets, exact)``: per edge of a real centre (E,) indices into
+    this batch and its atoms, (E, 3) int64 offsets; and (b,) bool whether each crystal's
+    result is provably its true k nearest.
+    """
+    b, n, _ = frac.shape
+    step = max(1, _CHUNK_ELEMENTS // (n * n * shifts.shape[0]))
+    parts = []
+    for b0 in range(0, b, step):
+        cb, ci, cj, off, ok = _dense_chunk(frac[b0:b0 + step], lattice[b0:b0 + step],
+                                           mask[b0:b0 + step], shifts, k, m)
+        parts.append((cb + b0, ci, cj, off, ok))
+    return tuple(torch.cat(t) for t in zip(*parts, strict=True))
+
+
+def _dense_chunk(frac: torch.Tensor, lattice: torch.Tensor, mask: torch.Tensor,
+                 shifts: torch.Tensor, k: int, m: int) -> tuple[torch.Tensor, ...]:
+    """One chunk of `_dense_pass` (detached inputs)."""
+    b, n, _ = frac.shape
+    n_s = shifts.shape[0]
+    d = frac.unsqueeze(1) - frac.unsqueeze(2)  # (b, N_i, N_j, 3): x_j - x_i
+    near = -torch.round(d)  # (b, N, N, 3) integer shift to the minimum image
+    dc = torch.einsum("bijs,bst->bijt", d + near, lattice)  # (b, N, N, 3) Å
+    ic = torch.einsum("ks,bst->bkt", shifts.to(frac.dtype), lattice)  # (b, S, 3) Å
+    # |dc + ic|^2 expanded: one (b, N, N, S) tensor instead of (b, N, N, S, 3)
+    d2 = (dc.square().sum(-1, keepdim=True) + 2.0 * torch.einsum("bijt,bkt->bijk", dc, ic)
+          + ic.square().sum(-1)[:, None, None, :])  # (b, N, N, S)
+    eye = torch.eye(n, dtype=torch.bool, device=frac.device)
+    zero = torch.arange(n_s, device=frac.device) == n_s // 2
+    bad = (eye[None, :, :, None] & zero) | ~mask[:, None, :, None]  # (b, N, N, S)
+    d2 = d2.masked_fill(bad, float("inf")).reshape(b, n, n * n_s)
+    kk = min(k, n * n_s)
+    val, idx = torch.topk(d2, kk, dim=-1, largest=False, sorted=False)  # (b, N, kk)
+    idx, perm = torch.sort(idx, dim=-1)  # ties by candidate index (j, then shift) ...
+    val = torch.gather(val, -1, perm)
+    val, perm = torch.sort(val, dim=-1, stable=True)  # ... within the distance order
+    idx = torch.gather(idx, -1, perm)
+    reach = (m + 0.5) * (1.0 - _DENSE_MARGIN) * _plane_spacings_batch(lattice).amin(-1)  # (b,)
+    kth = val[..., -1]  # (b, N) squared Å
+    ok = ((kth <= reach.square().unsqueeze(-1)) & torch.isfinite(kth)) | ~mask
+    exact = ok.all(-1) & (kk == k)  # (b,)
+    cb, ci, _ = torch.nonzero(mask.unsqueeze(-1).expand(b, n, kk), as_tuple=True)
+    sel = idx[mask].reshape(-1)  # (E,) in (crystal, centre, distance) order
+    j, s = sel // n_s, sel % n_s
+    off = near[cb, ci, j].long() + shifts[s]
+    return cb, ci, j, off, exact
+
+
+def _plane_spacings_batch(lattice: torch.Tensor) -> torch.Tensor:
+    """(B, 3) plane spacings ``|det L| / |L[b] x L[c]|`` of (B, 3, 3) lattices (torch)."""
+    cross = torch.stack([torch.linalg.cross(lattice[:, 1], lattice[:, 2]),
+                         torch.linalg.cross(lattice[:, 2], lattice[:, 0]),
+                         torch.linalg.cross(lattice[:, 0], lattice[:, 1])], dim=1)  # (B, 3, 3)
+    det = torch.linalg.det(lattice).abs().unsqueeze(-1)  # (B, 1)
+    return det / cross.norm(dim=-1).clamp(min=1e-30)
+
+
+def _batch_edges(frac: torch.Tensor, lattice: torch.Tensor, i: torch.Tensor, j: torch.Tensor,
+                 offsets: torch.Tensor) -> PeriodicGraph:
+    """Differentiable edges for indices into the flattened ``B * N`` axis of a padded batch."""
+    flat = frac.reshape(-1, 3)
+    lat = lattice[i // frac.shape[1]]  # (E, 3, 3)
+    vectors = torch.einsum("es,est->et", flat[j] + offsets.to(frac.dtype) - flat[i], lat)
+    return PeriodicGraph(torch.stack([i, j]), offsets, vectors,
+                         torch.linalg.vector_norm(vectors, dim=-1))
 
 def nearest_image_graph_batch(
     frac: torch.Tensor, lattice: torch.Tensor, crystal: torch.Tensor, i: torch.Tensor,

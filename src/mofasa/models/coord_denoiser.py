@@ -19,7 +19,11 @@ import torch
 from torch import nn
 
 from mofasa.data.batch import CrystalBatch
-from mofasa.geometry.graphs import PeriodicGraph, knn_graph_pbc_batch, nearest_image_graph_batch
+from mofasa.geometry.graphs import (
+    PeriodicGraph,
+    knn_graph_pbc_dense_batch,
+    nearest_image_graph_batch,
+)
 from mofasa.geometry.lattice_torch import lattice_from_parameters_torch, min_image_frac_torch
 from mofasa.models.autoencoder import GaussianRBF
 from mofasa.models.config import BackboneConfig
@@ -224,7 +228,8 @@ class CoordDenoiser(nn.Module):
         m = mask.unsqueeze(-1).to(frac.dtype)  # (B, N, 1)
         if self.config.conditional and cond is None:  # no condition: the all-zero condition
             cond = self.null_condition(B, N, frac.device)
-        graph = knn_graph_pbc_batch(frac.detach(), lattice.detach(), mask, self.config.knn_k)
+        graph = knn_graph_pbc_dense_batch(frac.detach(), lattice.detach(), mask,
+                                          self.config.knn_k)
         if self.config.conditional and self.config.bond_edges:
             graph = _with_bond_edges(graph, frac, lattice, cond["hops"])
         edge_attr = self.rbf(graph.distances.detach())  # (E, R)
