@@ -53,19 +53,11 @@ def main() -> None:
     warnings.simplefilter("ignore")
     torch.set_num_threads(2)
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from conditioning_eval import _generate, _pairs
+    from conditioning_eval import _generate, _pairs, val_references
     from sampler_levers import _scores
 
-    from mofasa.checkpoint import load_coordflow
-    from mofasa.data.dataset import CrystalDataset
-    from mofasa.sampling.settings import trained_atom_range
-
-    model = load_coordflow(args.model).eval()
-    lo, hi = trained_atom_range(model.num_atoms_hist)
-    val = CrystalDataset(args.data, "val", max_atoms=hi)
-    pick = np.sort(np.random.default_rng(0).choice(  # the draw of conditioning_eval.py
-        len(val), min(args.conditions, len(val)), replace=False))
-    refs = [val[int(i)] for i in pick if val.num_atoms[int(i)] >= lo]
+    model, refs = val_references(args.model, args.data, args.conditions)  # its draw
+    model.eval()
     t0 = time.perf_counter()
     made, _ = _generate(model, refs, "bonds", args.per, 1.0, args.steps, 0, args.refine)
     crystals = [c for _, c in made]

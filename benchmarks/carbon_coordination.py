@@ -57,19 +57,11 @@ def main() -> None:
     torch.set_num_threads(2)
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from bond_restraint import restrain
-    from conditioning_eval import _generate, _pairs
+    from conditioning_eval import _generate, _pairs, val_references
     from sampler_levers import _scores
 
-    from mofasa.checkpoint import load_coordflow
-    from mofasa.data.dataset import CrystalDataset
-    from mofasa.sampling.settings import trained_atom_range
-
-    model = load_coordflow(args.model).eval()
-    lo, hi = trained_atom_range(model.num_atoms_hist)
-    val = CrystalDataset(args.data, "val", max_atoms=hi)
-    pick = np.sort(np.random.default_rng(0).choice(  # the draw of conditioning_eval.py
-        len(val), min(args.conditions, len(val)), replace=False))
-    refs = [val[int(i)] for i in pick if val.num_atoms[int(i)] >= lo]
+    model, refs = val_references(args.model, args.data, args.conditions)  # its draw
+    model.eval()
     print(json.dumps({"references": len(refs), **carbon_degrees(refs)}), flush=True)
     for mode in args.modes:
         made, _ = _generate(model, refs, mode, 1, 1.0, 10, 0, 18)

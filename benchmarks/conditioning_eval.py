@@ -176,6 +176,23 @@ def _plot(rows: dict, out: Path) -> None:
     fig.savefig(out, dpi=120)
 
 
+def val_references(model_path: str, data: str, conditions: int, seed: int = 0
+                   ) -> tuple[object, list]:
+    """The CoordFlow model and its conditions: a seeded draw of ``conditions`` prepared val
+    structures, those below the model's trained atom range dropped (shared by the scripts
+    that measure conditioning on the same references)."""
+    from mofasa.checkpoint import load_coordflow
+    from mofasa.data.dataset import CrystalDataset
+    from mofasa.sampling.settings import trained_atom_range
+
+    model = load_coordflow(model_path)
+    lo, hi = trained_atom_range(model.num_atoms_hist)
+    val = CrystalDataset(data, "val", max_atoms=hi)
+    pick = np.sort(np.random.default_rng(seed).choice(
+        len(val), min(conditions, len(val)), replace=False))
+    return model, [val[int(i)] for i in pick if val.num_atoms[int(i)] >= lo]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", required=True)
@@ -197,18 +214,9 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(2)
 
-    from mofasa.checkpoint import load_coordflow
-    from mofasa.data.dataset import CrystalDataset
-    from mofasa.sampling.settings import trained_atom_range
-
-    model = load_coordflow(args.model)
+    model, refs = val_references(args.model, args.data, args.conditions, args.seed)
     if args.restarts is not None:
         model.config = dataclasses.replace(model.config, restarts=args.restarts)
-    lo, hi = trained_atom_range(model.num_atoms_hist)
-    val = CrystalDataset(args.data, "val", max_atoms=hi)
-    pick = np.sort(np.random.default_rng(args.seed).choice(
-        len(val), min(args.conditions, len(val)), replace=False))
-    refs = [val[int(i)] for i in pick if val.num_atoms[int(i)] >= lo]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     steps = args.steps or model.config.steps
