@@ -79,7 +79,7 @@ def _generate(model, refs, mode: str, per: int, guidance: float, steps: int, see
                 guidance=guidance, refine=refine, diagnostics=diag)
             if restrain and cb is not None:  # the sampler option --restrain-bonds
                 batch.frac = restrain_bonds(batch.frac, batch.lattice, batch.atom_types,
-                                            cb.hops == 2, batch.mask, restrain, hold=cb.keep)
+                                            cb.bonded, batch.mask, restrain, hold=cb.keep)
             for b, c in enumerate(batch.unbatch()):
                 out.append((chunk[b][0], c))
                 diag_rows.append({"free_types": diag["free_types"][b, :n].numpy(),

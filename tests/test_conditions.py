@@ -13,6 +13,7 @@ from mofasa.data import collate
 from mofasa.data.atom_counts import AtomCountModel, AtomCountWarning
 from mofasa.data.canonical import bond_edges, canonicalize, canonicalize_mapped
 from mofasa.data.conditions import (
+    HOP_BONDED,
     ConditionError,
     formula_condition,
     formula_string,
@@ -132,7 +133,7 @@ def test_the_conditional_loss_trains_on_every_task(canonical_examples):
 def test_nearest_image_edges_match_a_brute_force_image_search(canonical_examples):
     batch = collate(canonical_examples[:3], dtype=torch.float64)
     hops = bond_hops(batch.frac, batch.lattice, batch.atom_types, batch.mask)
-    b, i, j = (hops == 2).nonzero(as_tuple=True)
+    b, i, j = (hops == HOP_BONDED).nonzero(as_tuple=True)
     graph = nearest_image_graph_batch(batch.frac, batch.lattice, b, i, j)
     n_pad = batch.frac.shape[1]
     assert torch.equal(graph.edge_index, torch.stack([b * n_pad + i, b * n_pad + j]))

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from mofasa.data import collate
+from mofasa.data.conditions import HOP_BONDED
 from mofasa.diffusion.conditions import ConditionBatch, ConditionMix, bond_hops
 from mofasa.diffusion.coordflow import CoordFlow, CoordFlowConfig
 from mofasa.diffusion.priors import align_translation, harmonic_noise
@@ -31,7 +32,7 @@ def _bond_lengths(x: torch.Tensor, lattice: torch.Tensor, bonded: torch.Tensor) 
 
 def test_harmonic_prior_starts_bonded_atoms_near_each_other(example_crystals):
     batch, hops = _bonded_batch(example_crystals)
-    bonded = hops == 2
+    bonded = hops == HOP_BONDED
     n = batch.mask.sum(1).float()
     length = np.exp(0.87) * n.pow(1 / 3)
     g = torch.Generator().manual_seed(0)
@@ -72,10 +73,10 @@ def test_harmonic_prior_is_a_deterministic_map_of_the_uniform_draw(example_cryst
     batch, hops = _bonded_batch(example_crystals)
     u = torch.rand(batch.frac.shape, generator=torch.Generator().manual_seed(2))
     length = torch.tensor([12.0, 14.0])
-    a = harmonic_noise(u, hops == 2, batch.mask, length)
-    b = harmonic_noise(u.clone(), hops == 2, batch.mask, length)
+    a = harmonic_noise(u, hops == HOP_BONDED, batch.mask, length)
+    b = harmonic_noise(u.clone(), hops == HOP_BONDED, batch.mask, length)
     assert torch.equal(a, b)
-    assert not torch.allclose(a, harmonic_noise(torch.rand_like(u), hops == 2, batch.mask,
+    assert not torch.allclose(a, harmonic_noise(torch.rand_like(u), hops == HOP_BONDED, batch.mask,
                                                 length))
 
 

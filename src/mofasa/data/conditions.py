@@ -39,6 +39,7 @@ __all__ = ["HOP_CLASSES", "KEEP_KINDS", "Condition", "ConditionError", "conditio
 
 KEEP_KINDS = ("metals", "metal-node", "linkers")
 MAX_HOPS = 3  # bond-graph distances 1..3 are told apart; farther pairs share one class
+HOP_BONDED = 2  # the hop class of a bonded pair (`hop_classes`: 1 + hops)
 HOP_CLASSES = MAX_HOPS + 3  # none given, self, 1..MAX_HOPS hops, farther
 
 

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from mofasa.data.canonical import BOND_TOL
-from mofasa.data.conditions import MAX_HOPS, Condition, condition_arrays
+from mofasa.data.conditions import HOP_BONDED, MAX_HOPS, Condition, condition_arrays
 from mofasa.data.elements import COVALENT_RADII, IS_METAL, NUM_TOKENS
 from mofasa.geometry.lattice_torch import pair_distances_torch
 
@@ -47,6 +47,11 @@ class ConditionBatch:
     frac: torch.Tensor
     lattice: torch.Tensor
     has_lattice: torch.Tensor
+
+    @property
+    def bonded(self) -> torch.Tensor:
+        """(B, N, N) bool: the given bonds (hop class `HOP_BONDED`)."""
+        return self.hops == HOP_BONDED
 
     @classmethod
     def null(cls, batch_size: int, n: int, device: torch.device | str = "cpu"

@@ -212,7 +212,7 @@ class CoordFlow(nn.Module):
             return u
         n = mask.sum(1).to(u.dtype)  # (B,)
         length = float(np.exp(self.config.log_len_mean)) * n.clamp(min=1).pow(1.0 / 3.0)
-        return harmonic_noise(u, cond.hops == 2, mask, length, self.config.harmonic_sigma)
+        return harmonic_noise(u, cond.bonded, mask, length, self.config.harmonic_sigma)
 
     @property
     def conditional(self) -> bool:
@@ -521,7 +521,7 @@ class CoordFlow(nn.Module):
 
 def prior_rows(cond: ConditionBatch) -> torch.Tensor:
     """(B,) bool: crystals whose bonds are given (the harmonic prior's rows)."""
-    return (cond.hops == 2).flatten(1).any(1)
+    return cond.bonded.flatten(1).any(1)
 
 
 @torch.no_grad()

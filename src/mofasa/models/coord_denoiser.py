@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from mofasa.data.batch import CrystalBatch
+from mofasa.data.conditions import HOP_BONDED
 from mofasa.geometry.graphs import (
     PeriodicGraph,
     knn_graph_pbc_dense_batch,
@@ -315,7 +316,7 @@ def _with_bond_edges(graph: PeriodicGraph, frac: torch.Tensor, lattice: torch.Te
                      hops: torch.Tensor) -> PeriodicGraph:
     """The k-NN graph plus one edge per given bond (hop class 2: bonded), i -> nearest image
     of j; a bond already among the k nearest then appears twice (a second, own weight)."""
-    b, i, j = (hops == 2).nonzero(as_tuple=True)  # (E_b,) x 3
+    b, i, j = (hops == HOP_BONDED).nonzero(as_tuple=True)  # (E_b,) x 3
     if not len(b):
         return graph
     bonds = nearest_image_graph_batch(frac, lattice, b, i, j)

@@ -175,7 +175,7 @@ def iter_samples(model: LatentDiffusion | CoordFlow, indices: Sequence[int],
 
 def _restrained(batch: CrystalBatch, cond: ConditionBatch, steps: int) -> CrystalBatch:
     """The batch with its given bonds restrained (`diffusion.restraint.restrain_bonds`)."""
-    frac = restrain_bonds(batch.frac, batch.lattice, batch.atom_types, cond.hops == 2,
+    frac = restrain_bonds(batch.frac, batch.lattice, batch.atom_types, cond.bonded,
                           batch.mask, steps, hold=cond.keep)
     return dataclasses.replace(batch, frac=frac)
 
