@@ -49,6 +49,7 @@ def main() -> None:
                 [int(s), round(float(v), 4)] for s, v in points)
     for ax in axes:
         ax.legend(fontsize=7)
+        ax.xaxis.set_major_locator(plt.MaxNLocator(5))  # 5-digit steps: few ticks, no overlap
     fig.tight_layout()
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(args.out, dpi=110)
