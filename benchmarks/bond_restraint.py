@@ -57,7 +57,6 @@ def main() -> None:
     from sampler_levers import _scores
 
     model, refs = val_references(args.model, args.data, args.conditions)  # its draw
-    model.eval()
     t0 = time.perf_counter()
     made, _ = _generate(model, refs, "bonds", args.per, 1.0, args.steps, 0, args.refine)
     crystals = [c for _, c in made]

@@ -61,7 +61,6 @@ def main() -> None:
     from sampler_levers import _scores
 
     model, refs = val_references(args.model, args.data, args.conditions)  # its draw
-    model.eval()
     print(json.dumps({"references": len(refs), **carbon_degrees(refs)}), flush=True)
     for mode in args.modes:
         made, _ = _generate(model, refs, mode, 1, 1.0, 10, 0, 18)

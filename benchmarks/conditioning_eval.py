@@ -178,9 +178,10 @@ def _plot(rows: dict, out: Path) -> None:
 
 def val_references(model_path: str, data: str, conditions: int, seed: int = 0
                    ) -> tuple[object, list]:
-    """The CoordFlow model and its conditions: a seeded draw of ``conditions`` prepared val
-    structures, those below the model's trained atom range dropped (shared by the scripts
-    that measure conditioning on the same references)."""
+    """The CoordFlow model (eval mode, as `load_coordflow` returns it) and its conditions: a
+    seeded draw of ``conditions`` prepared val structures, those below the model's trained
+    atom range dropped (shared by the scripts that measure conditioning on the same
+    references)."""
     from mofasa.checkpoint import load_coordflow
     from mofasa.data.dataset import CrystalDataset
     from mofasa.sampling.settings import trained_atom_range
