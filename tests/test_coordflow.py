@@ -95,6 +95,38 @@ def test_order_features_start_as_the_old_model_and_then_break_equivariance(examp
     assert torch.isfinite(pout[0]).all() and not pout[0][~batch.mask].any()
 
 
+def test_a_deeper_model_warm_started_from_a_shallower_one_keeps_its_function(example_crystals):
+    """Growing the stacks (campaign warm starts with more layers): the new layers' residual
+    branches start at zero, so the grown model computes the old one's function exactly and
+    only then learns."""
+    import dataclasses
+
+    base = _tiny_model()
+    with torch.no_grad():  # a trained-like model: no branch of it still at zero
+        for p in base.denoiser.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    cfg = base.denoiser.config
+    grown_cfg = dataclasses.replace(
+        cfg, local=dataclasses.replace(cfg.local, depth=cfg.local.depth + 2),
+        dense=dataclasses.replace(cfg.dense, depth=cfg.dense.depth + 1))
+    torch.manual_seed(1)
+    grown = CoordDenoiser(grown_cfg).double().eval()
+    missing = grown.load_state_dict(base.denoiser.state_dict(), strict=False).missing_keys
+    new_layers = {k.split(".")[0] + "." + k.split(".")[2] for k in missing}
+    assert new_layers == {f"local.{cfg.local.depth}", f"local.{cfg.local.depth + 1}",
+                          f"dense.{cfg.dense.depth}"}
+    batch = _batch(example_crystals, 2)
+    x, c, lcode = batch_state(batch, base.codes.double(), base.coder)
+    t = torch.tensor([0.4, 0.9], dtype=torch.float64)
+    args = (batch.lattice, t, batch.mask)
+    for a, b in zip(base.denoiser(x, c, lcode, *args), grown(x, c, lcode, *args), strict=True):
+        assert torch.allclose(a, b, atol=1e-12)
+    out = grown(x, c, lcode, *args)[0]
+    out[batch.mask].square().sum().backward()
+    last = grown.local.layers[-1]
+    assert last.ffn_out.weight.grad.abs().sum() > 0  # the new layer learns from step one
+
+
 def test_self_conditioning_starts_as_the_old_model_and_stays_translation_invariant(
         example_crystals):
     import dataclasses
