@@ -204,6 +204,8 @@ def test_config_rejects_nonsense():
         CoordFlowConfig(time_power=0.0)
     with pytest.raises(ValueError, match="contact"):
         CoordFlowConfig(contact_weight=-1.0)
+    with pytest.raises(ValueError, match="bond_weight"):
+        CoordFlowConfig(bond_weight=-1.0)
     with pytest.raises(ValueError):
         CoordDenoiserConfig(type_bits=5)
 
@@ -212,10 +214,12 @@ def test_training_resumes_and_the_checkpoint_samples(tmp_path_factory, tmp_path)
     data = prepare_examples(tmp_path_factory, 6)
     over = [f"data.path={data}", f"run.out_dir={tmp_path / 'cf'}", "optim.total_steps=3",
             "probes.every=3", "probes.samples=2", "probes.steps=2", "probes.structures=2",
-            "flow.contact_weight=1.0", "model.order_features=true", *FAST]
+            "flow.contact_weight=1.0", "flow.bond_weight=1.0", "model.order_features=true",
+            *FAST]
     metrics = train_coordflow(load_coordflow_config("tiny", over), resume=False)
     assert np.isfinite(metrics["loss"]) and metrics["loss_coord"] > 0
     assert np.isfinite(metrics["loss_contact"]) and metrics["loss_contact"] >= 0
+    assert np.isfinite(metrics["loss_bond"]) and metrics["loss_bond"] > 0
     over5 = [o.replace("total_steps=3", "total_steps=5") for o in over]
     train_coordflow(load_coordflow_config("tiny", over5))
     model = load_coordflow(tmp_path / "cf" / "checkpoint.pt")
@@ -271,6 +275,38 @@ def test_pair_distances_and_the_overlap_penalty(example_crystals):
     z[0, near] = batch.frac[0, i] + 0.9 * step
     assert float(model._contact_penalty(dist(z), batch, t)) == 0.0
     assert float(model._contact_penalty(dist(y), batch, 0.0 * t)) == 0.0
+
+
+def test_the_bond_length_loss_scores_the_data_bonds_only(example_crystals):
+    from mofasa.geometry.lattice_torch import pair_distances_torch
+
+    batch = collate(sorted(example_crystals, key=lambda c: c.num_atoms)[:2], dtype=torch.float64)
+    model = _tiny_model()
+    t = torch.ones(batch.batch_size, dtype=torch.float64)
+    scored = batch.mask
+    dist = lambda x: pair_distances_torch(x, batch.lattice)  # noqa: E731
+    assert float(model._bond_length_loss(dist(batch.frac), batch, t, scored)) == 0.0  # data
+    d = dist(batch.frac)
+    r = model.radii[batch.atom_types[0]]
+    bonded = (d[0] < r.unsqueeze(0) + r.unsqueeze(1) + 0.45) & ~torch.eye(d.shape[1]).bool()
+    i = int(torch.nonzero(batch.atom_types[0] == 1)[0])  # an H atom and its partner
+    near = int(torch.nonzero(bonded[i])[0])
+    y = batch.frac.clone()
+    step = min_image_frac_torch(batch.frac[0, i] - batch.frac[0, near])
+    y[0, i] = batch.frac[0, near] + 1.2 * step  # the H pulled off by 20%: one bond, twice
+    y.requires_grad_(True)
+    loss = model._bond_length_loss(dist(y), batch, t, scored)
+    expect = 2 * (0.2 * float(d[0, i, near])) ** 2 / float(scored.sum())
+    assert float(loss.detach()) == pytest.approx(expect, rel=1e-6)
+    loss.backward()
+    assert float(y.grad[0, i].abs().sum()) > 0 and float(y.grad[1].abs().sum()) == 0
+    assert float(model._bond_length_loss(dist(y), batch, 0.0 * t, scored)) == 0.0
+    none = torch.zeros_like(scored)  # nothing scored (inpainting keeps it): no loss
+    assert float(model._bond_length_loss(dist(y), batch, t, none)) == 0.0
+    far = int(torch.nonzero(batch.mask[0] & ~bonded[i] & (d[0, i] > 3.0))[0])
+    e = d.clone()  # a non-bonded pair brought into contact: the contact penalty's business
+    e[0, i, far] = e[0, far, i] = 1.0
+    assert float(model._bond_length_loss(e, batch, t, scored)) == 0.0
 
 
 def test_ot_coupling_permutes_noise_within_elements_and_lowers_the_cost(example_crystals):
