@@ -300,6 +300,7 @@ def test_the_bond_length_loss_scores_the_data_bonds_only(example_crystals):
     assert float(loss.detach()) == pytest.approx(expect, rel=1e-6)
     loss.backward()
     assert float(y.grad[0, i].abs().sum()) > 0 and float(y.grad[1].abs().sum()) == 0
+    y = y.detach()
     assert float(model._bond_length_loss(dist(y), batch, 0.0 * t, scored)) == 0.0
     none = torch.zeros_like(scored)  # nothing scored (inpainting keeps it): no loss
     assert float(model._bond_length_loss(dist(y), batch, t, none)) == 0.0
