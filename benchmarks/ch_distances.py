@@ -10,6 +10,12 @@ although the canonical rule (r_i + r_j + 0.45 Å = 1.52 Å for C-H) calls it bon
 over all H atoms whose nearest neighbour (within 2.5 Å) is a carbon, the percentiles of that
 C-H distance and the shares below 1.0 Å, in 1.0-1.2 Å (MOFChecker bonded) and in 1.2-1.52 Å
 (bonded by the canonical rule only).
+
+``--snap-out DIR`` also writes each structure with every such H at 1.2-1.6 Å from its carbon
+moved along the bond to 1.09 Å (the QMOF median): evaluating DIR says how much validity the
+long C-H tail alone costs (a diagnostic, not a sampler step).
+
+    python benchmarks/ch_distances.py runs/cand/samples/cifs --limit 1000 --snap-out /tmp/snap
 """
 from __future__ import annotations
 
@@ -22,26 +28,49 @@ import numpy as np
 import torch
 
 CUTOFF = 2.5  # Å: H atoms without a carbon this close are not counted
+SNAP_RANGE = (1.2, 1.6)  # Å: C-H distances --snap-out moves to SNAP_TO
+SNAP_TO = 1.09  # Å: the QMOF val median C-H distance
 
 
 def nearest_carbon(crystal) -> np.ndarray:
     """Distance (Å) from each H atom whose nearest neighbour within CUTOFF is a carbon to
     that carbon (H on O or N, and lone H, are left out)."""
+    return _nearest_carbon_edges(crystal)[0]
+
+
+def _nearest_carbon_edges(crystal) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(distances (M,), H indices (M,), H -> C Cartesian vectors (M, 3)) over the H atoms whose
+    nearest neighbour within CUTOFF is a carbon."""
     from mofasa.geometry.graphs import radius_graph_pbc
 
     z = np.asarray(crystal.numbers)
     if not ((z == 1).any() and (z == 6).any()):
-        return np.empty(0)
+        return np.empty(0), np.empty(0, dtype=np.int64), np.empty((0, 3))
     graph = radius_graph_pbc(torch.from_numpy(np.array(crystal.frac, dtype=np.float64)),
                              torch.from_numpy(np.array(crystal.lattice, dtype=np.float64)),
                              CUTOFF)
     i, j = graph.edge_index.numpy()
     d = graph.distances.numpy()
+    vec = graph.vectors.numpy()  # (E, 3) from atom i to its neighbour j
     h = z[i] == 1
-    i, j, d = i[h], j[h], d[h]
+    i, j, d, vec = i[h], j[h], d[h], vec[h]
     order = np.lexsort((d, i))  # by H atom, nearest first
     first = order[np.r_[True, i[order][1:] != i[order][:-1]]] if len(order) else order
-    return d[first][z[j[first]] == 6]
+    on_c = first[z[j[first]] == 6]
+    return d[on_c], i[on_c], vec[on_c]
+
+
+def snapped(crystal):
+    """A copy of ``crystal`` with each H at SNAP_RANGE from its nearest carbon moved along the
+    bond to SNAP_TO Å from it; also returns how many H atoms moved."""
+    from mofasa.data.crystal import Crystal
+
+    d, hs, vec = _nearest_carbon_edges(crystal)
+    move = (d >= SNAP_RANGE[0]) & (d <= SNAP_RANGE[1])
+    cart = crystal.cart.copy()
+    cart[hs[move]] += vec[move] * (1.0 - SNAP_TO / d[move])[:, None]
+    frac = np.linalg.solve(crystal.lattice.T, cart.T).T
+    return Crystal(crystal.numbers, frac, crystal.lattice, id=crystal.id), int(move.sum())
 
 
 def load(path: Path, split: str, max_atoms: int, limit: int) -> list:
@@ -60,6 +89,20 @@ def load(path: Path, split: str, max_atoms: int, limit: int) -> list:
     return [read_cif(f) for f in files]
 
 
+def write_snapped(crystals: list, out: Path) -> None:
+    """``snapped`` copies of ``crystals`` as OUT/NNNNNN.cif (sorted input order); prints the
+    count of H atoms moved to stderr."""
+    from mofasa.data.cif import write_cif
+
+    out.mkdir(parents=True, exist_ok=True)
+    moved = 0
+    for k, crystal in enumerate(crystals):
+        fixed, count = snapped(crystal)
+        moved += count
+        write_cif(fixed, out / f"{k:06d}.cif")
+    print(f"snapped {moved} H atoms in {len(crystals)} structures -> {out}", file=sys.stderr)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -67,8 +110,11 @@ def main() -> None:
     ap.add_argument("--split", default="val", help="split of a prepared dataset")
     ap.add_argument("--max-atoms", type=int, default=60, help="prepared dataset: size limit")
     ap.add_argument("--limit", type=int, default=300, help="at most this many structures")
+    ap.add_argument("--snap-out", type=Path, help="write the C-H-snapped structures here")
     args = ap.parse_args()
     crystals = load(args.path, args.split, args.max_atoms, args.limit)
+    if args.snap_out:
+        write_snapped(crystals, args.snap_out)
     d = np.concatenate([nearest_carbon(c) for c in crystals] or [np.empty(0)])
     pct = np.percentile(d, [5, 25, 50, 75, 95]).round(3).tolist() if len(d) else []
     print(json.dumps({
