@@ -11,6 +11,10 @@ over all H atoms whose nearest neighbour (within 2.5 Å) is a carbon, the percen
 C-H distance and the shares below 1.0 Å, in 1.0-1.2 Å (MOFChecker bonded) and in 1.2-1.52 Å
 (bonded by the canonical rule only).
 
+It also prints, under the same cut-offs (C-H 1.2, C-C 1.89, C-N 1.79, C-O 1.97 Å; 2.3 Å for
+other elements, roughly the tuned C-metal ones), the share of carbons with each neighbour
+count (MOFChecker: more than 4 is "overcoordinated") and the C-C bond length percentiles.
+
 ``--snap-out DIR`` also writes each structure with every such H at 1.2-1.6 Å from its carbon
 moved along the bond to 1.09 Å (the QMOF median): evaluating DIR says how much validity the
 long C-H tail alone costs (a diagnostic, not a sampler step).
@@ -28,6 +32,8 @@ import numpy as np
 import torch
 
 CUTOFF = 2.5  # Å: H atoms without a carbon this close are not counted
+C_CUTOFFS = {1: 1.2, 6: 1.89, 7: 1.79, 8: 1.97}  # Å, MOFChecker's tuned VESTA cut-offs to C
+C_OTHER = 2.3  # Å: for the remaining (mostly metal) neighbours of a carbon
 SNAP_RANGE = (1.2, 1.6)  # Å: C-H distances --snap-out moves to SNAP_TO
 SNAP_TO = 1.09  # Å: the QMOF val median C-H distance
 
@@ -58,6 +64,33 @@ def _nearest_carbon_edges(crystal) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     first = order[np.r_[True, i[order][1:] != i[order][:-1]]] if len(order) else order
     on_c = first[z[j[first]] == 6]
     return d[on_c], i[on_c], vec[on_c]
+
+
+def carbon_neighbours(crystals: list) -> dict:
+    """Pooled over ``crystals``: the share of carbons with each neighbour count under
+    C_CUTOFFS, and the C-C bond length percentiles (5, 25, 50, 75, 95; Å)."""
+    from mofasa.geometry.graphs import radius_graph_pbc
+
+    counts: dict[int, int] = {}
+    cc = []
+    for c in crystals:
+        z = np.asarray(c.numbers)
+        graph = radius_graph_pbc(torch.from_numpy(np.array(c.frac, dtype=np.float64)),
+                                 torch.from_numpy(np.array(c.lattice, dtype=np.float64)),
+                                 max(C_OTHER, *C_CUTOFFS.values()))
+        i, j = graph.edge_index.numpy()
+        d = graph.distances.numpy()
+        cut = np.array([C_CUTOFFS.get(int(x), C_OTHER) for x in z[j]])
+        bonded = (z[i] == 6) & (d < cut)
+        cc.append(d[bonded & (z[j] == 6)])
+        degree = np.bincount(i[bonded], minlength=len(z))[z == 6]
+        for k, v in zip(*np.unique(degree, return_counts=True), strict=True):
+            counts[int(k)] = counts.get(int(k), 0) + int(v)
+    total = max(sum(counts.values()), 1)
+    cc = np.concatenate(cc or [np.empty(0)])
+    return {"c_neighbour_shares": {k: round(v / total, 3) for k, v in sorted(counts.items())},
+            "cc_percentiles_5_25_50_75_95":
+                np.percentile(cc, [5, 25, 50, 75, 95]).round(3).tolist() if len(cc) else []}
 
 
 def snapped(crystal):
@@ -123,6 +156,7 @@ def main() -> None:
         "share_below_1.0": round(float((d < 1.0).mean()), 4) if len(d) else None,
         "share_1.0_1.2": round(float(((d >= 1.0) & (d < 1.2)).mean()), 4) if len(d) else None,
         "share_1.2_1.52": round(float(((d >= 1.2) & (d < 1.52)).mean()), 4) if len(d) else None,
+        **carbon_neighbours(crystals),
     }))
 
 
