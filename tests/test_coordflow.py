@@ -310,6 +310,35 @@ def test_the_bond_length_loss_scores_the_data_bonds_only(example_crystals):
     assert float(model._bond_length_loss(e, batch, t, scored)) == 0.0
 
 
+def test_input_perturbation_moves_inputs_by_a_noise_draw_scaled_by_one_minus_t(
+        example_crystals):
+    from mofasa.diffusion.coordflow import _perturbed, batch_state
+
+    batch = _batch(example_crystals, 3)
+    model = _tiny_model()
+    clean = batch_state(batch, model.codes, model.coder)
+    m = batch.mask.unsqueeze(-1).double()  # (B, N, 1)
+    torch.manual_seed(1)
+    scale = torch.tensor([0.0, 0.1, 0.3], dtype=torch.float64)
+    x, c, lcode = _perturbed(clean, clean, scale, m)
+    step = min_image_frac_torch(x - clean[0]) * m  # (B, N, 3)
+    assert float(step[0].abs().max()) == 0.0 and float((c[0] - clean[1][0]).abs().max()) == 0
+    assert float((x * (1 - m)).abs().max()) == 0.0 and float((c * (1 - m)).abs().max()) == 0
+    for b in (1, 2):  # a uniform draw's displacement has RMS 1 / sqrt(12) per axis
+        rms = float(step[b][batch.mask[b]].pow(2).mean().sqrt())
+        assert rms == pytest.approx(float(scale[b]) / 12 ** 0.5, rel=0.25)
+    assert float((lcode[2] - clean[2][2]).abs().max()) > 0
+    with pytest.raises(ValueError, match="input_perturb"):
+        CoordFlowConfig(input_perturb=-0.1)
+    cfg = load_coordflow_config("tiny")  # on in training: a finite loss that differs
+    torch.manual_seed(0)
+    loss0 = CoordFlow(CoordDenoiser(cfg.model), cfg.flow).double()(batch)[0]
+    flow = CoordFlowConfig(**{**cfg.flow.__dict__, "input_perturb": 0.5})
+    torch.manual_seed(0)
+    loss1 = CoordFlow(CoordDenoiser(cfg.model), flow).double()(batch)[0]
+    assert torch.isfinite(loss1) and float(loss1.detach()) != float(loss0.detach())
+
+
 def test_ot_coupling_permutes_noise_within_elements_and_lowers_the_cost(example_crystals):
     from mofasa.diffusion.coordflow import ot_coupled_noise
 

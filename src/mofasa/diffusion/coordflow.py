@@ -109,6 +109,12 @@ class CoordFlowConfig:
             component at a uniform position; in training translated onto the clean structure).
             Training and sampling must agree: it is part of the model.
         harmonic_sigma: per-axis standard deviation of a bond vector under that prior (Å).
+        input_perturb: training inputs moved off the noising path by a second, independent
+            noise draw scaled by this times (1 - t), the target still the clean state (input
+            perturbation against exposure bias, Ning et al. 2023, "Input Perturbation Reduces
+            Exposure Bias in Diffusion Models"; 0: off). Sampled states leave the training
+            path: a contact penalty that held spurious contacts at 0.01 per atom on training
+            inputs left 321 of 1,000 samples failing on overcoordinated carbon.
     """
 
     time_power: float = 0.5
@@ -138,6 +144,7 @@ class CoordFlowConfig:
     restart_steps: int = 4
     bond_prior: str = "uniform"
     harmonic_sigma: float = 1.0
+    input_perturb: float = 0.0
 
     def __post_init__(self) -> None:
         if self.refine < 0 or not 0 < self.refine_t <= 1:
@@ -145,8 +152,9 @@ class CoordFlowConfig:
         if self.restarts < 0 or not 0 < self.restart_t < 1 or self.restart_steps < 1:
             raise ValueError(f"restarts must be >= 0, restart_t in (0, 1) and restart_steps "
                              f">= 1, got {self}")
-        if self.churn < 0:
-            raise ValueError(f"churn must be >= 0, got {self.churn}")
+        if self.churn < 0 or self.input_perturb < 0:
+            raise ValueError(f"churn and input_perturb must be >= 0, got {self.churn}, "
+                             f"{self.input_perturb}")
         if min(self.overlap_weight, self.overlap_bonds_factor, self.contact_weight,
                self.contact_margin, self.bond_weight, self.bond_time_power) < 0:
             raise ValueError(f"overlap_weight, overlap_bonds_factor, contact_weight, "
@@ -295,6 +303,8 @@ class CoordFlow(nn.Module):
                 noise = self._with_bond_prior(noise, x1, cond, mask)
         m = mask.unsqueeze(-1).to(x1.dtype)  # (B, N, 1)
         state = _interpolate(noise, clean, t.view(-1, 1, 1), m)
+        if self.config.input_perturb > 0:
+            state = _perturbed(state, clean, self.config.input_perturb * (1 - t), m)
         if cond is not None:
             state = self.clamp(state, cond, batch.num_atoms)
         est = None  # self-conditioning: half the batches see a first, gradient-free estimate
@@ -597,6 +607,17 @@ def _interpolate(noise: tuple[torch.Tensor, ...], clean: tuple[torch.Tensor, ...
     x = wrap_frac_torch(x0 + t * min_image_frac_torch(x1 - x0)) * m  # (B, N, 3)
     c = ((1 - t) * c0 + t * c1) * m  # (B, N, bits)
     return x, c, (1 - tl) * l0 + tl * l1  # ..., (B, 6)
+
+
+def _perturbed(state: tuple[torch.Tensor, ...], clean: tuple[torch.Tensor, ...],
+               scale: torch.Tensor, m: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """``state`` moved by ``scale`` (B,) times the displacement of a fresh noise draw from
+    ``clean`` (coordinates on the torus, codes linearly), padding zeroed by ``m`` (B, N, 1)."""
+    (x, c, lcode), (x1, c1, l1) = state, clean
+    g = scale.view(-1, 1, 1)  # (B, 1, 1)
+    x = wrap_frac_torch(x + g * min_image_frac_torch(torch.rand_like(x1) - x1)) * m
+    c = (c + g * torch.randn_like(c1)) * m
+    return x, c, lcode + g.view(-1, 1) * torch.randn_like(l1)
 
 
 @functools.lru_cache(maxsize=8)
