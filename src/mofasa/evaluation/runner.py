@@ -27,7 +27,13 @@ from mofasa.evaluation.inputs import InputItem, is_ase_db, iter_inputs, reader_l
 from mofasa.evaluation.novelty import MATCHER_SETTINGS, Matcher, uniqueness
 from mofasa.evaluation.pool import IsolatedPool, JobResult
 from mofasa.evaluation.relax import RelaxSettings, calculator_name
-from mofasa.evaluation.store import MemoryStore, ResultStore, open_store
+from mofasa.evaluation.store import (
+    MemoryStore,
+    ResultStore,
+    from_db_values,
+    open_store,
+    to_db_values,
+)
 from mofasa.evaluation.summary import PREFIXES, VALID_KEY, size_bin, summarize
 from mofasa.evaluation.validity import MODES, SCREEN_ORDER
 
@@ -591,7 +597,7 @@ def relax_structures(
                     if item.crystal is None:
                         kv = {"input_index": item.index, "name": item.name}
                         kv.update(relax_status="unreadable", relax_error=item.error or "")
-                        db.write(Atoms(), key_value_pairs=kv)
+                        db.write(Atoms(), key_value_pairs=to_db_values(kv))
                 for res in pool.imap(todo):  # each row as soon as its structure is done
                     item = byindex[res.key]
                     kv = {"input_index": item.index, "name": item.name, "relax_status": res.status}
@@ -603,7 +609,7 @@ def relax_structures(
                         kv.update(_relax_fields(res.value))
                         cif = out / "cifs" / f"{item.index:06d}_{_safe(item.name)}.cif"
                         write_cif(res.value["crystal"], cif)
-                    db.write(atoms, key_value_pairs=kv)
+                    db.write(atoms, key_value_pairs=to_db_values(kv))
                 if bar is not None:
                     bar.update(len(items))
     finally:
@@ -611,7 +617,7 @@ def relax_structures(
             bar.close()
     from mofasa.evaluation.summary import _relaxation
 
-    records = [dict(r.key_value_pairs) for r in db.select(include_data=False)]
+    records = [from_db_values(r.key_value_pairs) for r in db.select(include_data=False)]
     summary = {
         "n_inputs": len(records),
         "relaxation": _relaxation(records),

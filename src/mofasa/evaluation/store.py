@@ -17,7 +17,8 @@ import numpy as np
 
 from mofasa.data.crystal import Crystal
 
-__all__ = ["MemoryStore", "ResultStore", "open_store", "relaxed_crystal"]
+__all__ = ["MemoryStore", "ResultStore", "from_db_values", "open_store", "relaxed_crystal",
+           "to_db_values"]
 
 RUN_FILE = "run.json"
 DB_FILE = "results.db"
@@ -33,6 +34,33 @@ def _clean(rec: dict[str, Any]) -> dict[str, Any]:
             value = value.item()
         out[key] = value
     return out
+
+
+# ASE's database refuses strings that read as numbers (a CIF named 000123.cif): such values
+# are stored with this prefix and read back without it
+NUMERIC_STR_PREFIX = "str:"
+
+
+def _is_numeric(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def to_db_values(kv: dict[str, Any]) -> dict[str, Any]:
+    """``kv`` with number-like strings prefixed by NUMERIC_STR_PREFIX (and so the prefix
+    itself), as ASE's database accepts them."""
+    return {k: NUMERIC_STR_PREFIX + v if isinstance(v, str) and (
+        _is_numeric(v) or v.startswith(NUMERIC_STR_PREFIX)) else v for k, v in kv.items()}
+
+
+def from_db_values(kv: dict[str, Any]) -> dict[str, Any]:
+    """The inverse of `to_db_values`."""
+    n = len(NUMERIC_STR_PREFIX)
+    return {k: v[n:] if isinstance(v, str) and v.startswith(NUMERIC_STR_PREFIX) else v
+            for k, v in kv.items()}
 
 
 class MemoryStore:
@@ -96,7 +124,7 @@ class ResultStore:
             raise RuntimeError(f"input {i} already has a row in {self.path}")
         atoms = crystal.to_ase() if crystal is not None else Atoms()
         data = {}
-        kv = _clean(rec)
+        kv = to_db_values(_clean(rec))
         if relaxed is not None:
             kv["relaxed_in_data"] = True
             data = {
@@ -107,7 +135,7 @@ class ResultStore:
         self._row_of[i] = self.db.write(atoms, key_value_pairs=kv, data=data)
 
     def records(self) -> list[dict[str, Any]]:
-        rows = [dict(row.key_value_pairs) for row in self.db.select(include_data=False)]
+        rows = [from_db_values(row.key_value_pairs) for row in self.db.select(include_data=False)]
         rows = [r for r in rows if "input_index" in r]
         return sorted(rows, key=lambda r: r["input_index"])
 
@@ -126,7 +154,7 @@ class ResultStore:
         keys = tuple(keys)
         with self.db:  # one transaction
             for rec in records:
-                kv = _clean({k: rec.get(k) for k in keys})
+                kv = to_db_values(_clean({k: rec.get(k) for k in keys}))
                 self.db.update(self._row_of[int(rec["input_index"])], **kv)
 
 
@@ -136,7 +164,8 @@ def relaxed_crystal(row: Any) -> Crystal | None:
     if "relaxed_numbers" not in data:
         return None
     return Crystal(
-        data["relaxed_numbers"], data["relaxed_frac"], data["relaxed_cell"], id=row.get("name")
+        data["relaxed_numbers"], data["relaxed_frac"], data["relaxed_cell"],
+        id=from_db_values({"name": row.get("name")})["name"],
     )
 
 

@@ -1,0 +1,23 @@
+"""results.db keeps names that read as numbers (a CIF named 000123.cif) as they were."""
+from __future__ import annotations
+
+import numpy as np
+
+from mofasa.data.crystal import Crystal
+from mofasa.evaluation.store import ResultStore, from_db_values, to_db_values
+
+
+def test_number_like_names_round_trip_through_the_results_database(tmp_path):
+    crystal = Crystal([30, 8], np.array([[0.0, 0.0, 0.0], [0.5, 0.5, 0.5]]), np.eye(3) * 4.0)
+    store = ResultStore(tmp_path / "results.db")
+    names = ["000123", "1.5e3", "str:own", "sample_000001"]
+    for i, name in enumerate(names):
+        store.add({"input_index": i, "name": name, "valid": True}, crystal, None)
+    store.update_many([{"input_index": 0, "note": "42"}], ["note"])
+    again = ResultStore(tmp_path / "results.db")  # as a resumed run reads it
+    records = again.records()
+    assert [r["name"] for r in records] == names
+    assert records[0]["note"] == "42" and records[0]["valid"]
+    assert again.crystal(records[0]).id == "000123"
+    assert from_db_values(to_db_values({"a": "7", "b": 7, "c": "x"})) == {"a": "7", "b": 7,
+                                                                          "c": "x"}
