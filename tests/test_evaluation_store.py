@@ -10,7 +10,7 @@ from mofasa.evaluation.store import ResultStore, from_db_values, to_db_values
 def test_number_like_names_round_trip_through_the_results_database(tmp_path):
     crystal = Crystal([30, 8], np.array([[0.0, 0.0, 0.0], [0.5, 0.5, 0.5]]), np.eye(3) * 4.0)
     store = ResultStore(tmp_path / "results.db")
-    names = ["000123", "1.5e3", "str:own", "sample_000001"]
+    names = ["000123", "1.5e3", "True", "str:own", "sample_000001"]
     for i, name in enumerate(names):
         store.add({"input_index": i, "name": name, "valid": True}, crystal, None)
     store.update_many([{"input_index": 0, "note": "42"}], ["note"])

@@ -36,17 +36,16 @@ def _clean(rec: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-# ASE's database refuses strings that read as numbers (a CIF named 000123.cif): such values
-# are stored with this prefix and read back without it
+# ASE's database refuses strings that read as numbers or booleans (a CIF named 000123.cif):
+# such values are stored with this prefix and read back without it
 NUMERIC_STR_PREFIX = "str:"
 
 
 def _is_numeric(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
+    """Whether ASE's database would read ``text`` as an int, float or bool (and refuse it)."""
+    from ase.db.core import convert_str_to_int_float_bool_or_str
+
+    return not isinstance(convert_str_to_int_float_bool_or_str(text), str)
 
 
 def to_db_values(kv: dict[str, Any]) -> dict[str, Any]:
