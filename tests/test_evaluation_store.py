@@ -4,7 +4,14 @@ from __future__ import annotations
 import numpy as np
 
 from mofasa.data.crystal import Crystal
-from mofasa.evaluation.store import ResultStore, from_db_values, to_db_values
+from mofasa.data.database import (
+    Query,
+    export_csv,
+    from_db_values,
+    select_rows,
+    to_db_values,
+)
+from mofasa.evaluation.store import ResultStore
 
 
 def test_number_like_names_round_trip_through_the_results_database(tmp_path):
@@ -19,5 +26,8 @@ def test_number_like_names_round_trip_through_the_results_database(tmp_path):
     assert [r["name"] for r in records] == names
     assert records[0]["note"] == "42" and records[0]["valid"]
     assert again.crystal(records[0]).id == "000123"
+    csv = tmp_path / "rows.csv"  # `mofasa db` exports the names as they were too
+    export_csv(select_rows(tmp_path / "results.db", Query()), csv)
+    assert [line.split(",")[4] for line in csv.read_text().splitlines()[1:]] == names
     assert from_db_values(to_db_values({"a": "7", "b": 7, "c": "x"})) == {"a": "7", "b": 7,
                                                                           "c": "x"}

@@ -31,11 +31,13 @@ __all__ = [
     "export_cifs",
     "export_csv",
     "export_extxyz",
+    "from_db_values",
     "open_database",
     "parse_elements",
     "parse_flag",
     "select_rows",
     "summary_line",
+    "to_db_values",
 ]
 
 #: key-value prefix of the strict validity mode in ``results.db`` (see evaluation.summary)
@@ -181,6 +183,33 @@ def open_database(path: str | Path) -> Any:
     return connect(str(path), type="db")
 
 
+# ---------------------------------------------------------------------------- values
+# ASE's database refuses strings that read as numbers or booleans (a CIF named 000123.cif):
+# such values are stored with this prefix and read back without it
+NUMERIC_STR_PREFIX = "str:"
+
+
+def _is_numeric(text: str) -> bool:
+    """Whether ASE's database would read ``text`` as an int, float or bool (and refuse it)."""
+    from ase.db.core import convert_str_to_int_float_bool_or_str
+
+    return not isinstance(convert_str_to_int_float_bool_or_str(text), str)
+
+
+def to_db_values(kv: dict[str, Any]) -> dict[str, Any]:
+    """``kv`` with number-like strings prefixed by NUMERIC_STR_PREFIX (and so the prefix
+    itself), as ASE's database accepts them."""
+    return {k: NUMERIC_STR_PREFIX + v if isinstance(v, str) and (
+        _is_numeric(v) or v.startswith(NUMERIC_STR_PREFIX)) else v for k, v in kv.items()}
+
+
+def from_db_values(kv: dict[str, Any]) -> dict[str, Any]:
+    """The inverse of `to_db_values`."""
+    n = len(NUMERIC_STR_PREFIX)
+    return {k: v[n:] if isinstance(v, str) and v.startswith(NUMERIC_STR_PREFIX) else v
+            for k, v in kv.items()}
+
+
 # ---------------------------------------------------------------------------- selecting
 def _order(row: Any) -> tuple[int, float, int]:
     """Sort key: the ``index`` (or ``input_index``) key when the row has one, else the id."""
@@ -280,7 +309,7 @@ def select_rows(path: str | Path, query: Query | None = None) -> Selection:
 
 # ---------------------------------------------------------------------------- exporting
 def _name(row: Any) -> str:
-    kv = row.key_value_pairs
+    kv = from_db_values(row.key_value_pairs)
     return str(next((kv[k] for k in ("name", "mof_id", "qmof_id") if k in kv), f"row{row.id}"))
 
 
@@ -321,8 +350,8 @@ def export_cifs(selection: Selection, folder: str | Path) -> int:
         if stem in used:  # two rows with one index: keep both
             stem += f"_row{row.id}"
         used.add(stem)
-        provenance = {**row.key_value_pairs, "source_db": str(selection.path.resolve()),
-                      "db_row_id": row.id}  # fmt: skip
+        provenance = {**from_db_values(row.key_value_pairs),
+                      "source_db": str(selection.path.resolve()), "db_row_id": row.id}
         write_cif(Crystal.from_ase(atoms, id=_name(row)), folder / f"{stem}.cif",
                   provenance=provenance)  # fmt: skip
     return len(used)
@@ -335,7 +364,7 @@ def export_extxyz(selection: Selection, path: str | Path) -> int:
 
     frames = []
     for row, atoms in _structures(selection):
-        atoms.info.update(row.key_value_pairs)
+        atoms.info.update(from_db_values(row.key_value_pairs))
         atoms.info["db_row_id"] = row.id
         frames.append(atoms)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -361,7 +390,7 @@ def export_csv(selection: Selection, path: str | Path) -> int:
         for row in selection.rows:
             formula = Formula(row.formula).format("hill")  # ASE's own order is by abundance
             writer.writerow({"db_row_id": row.id, "natoms": row.natoms, "formula": formula,
-                             **row.key_value_pairs})  # fmt: skip
+                             **from_db_values(row.key_value_pairs)})  # fmt: skip
     return len(selection.rows)
 
 

@@ -21,19 +21,14 @@ from pathlib import Path
 from typing import Any
 
 from mofasa.data.crystal import Crystal
+from mofasa.data.database import from_db_values, to_db_values
 from mofasa.evaluation import jobs
 from mofasa.evaluation.compat import EvaluationUsageError, checker_versions, require_checkers
 from mofasa.evaluation.inputs import InputItem, is_ase_db, iter_inputs, reader_limits
 from mofasa.evaluation.novelty import MATCHER_SETTINGS, Matcher, uniqueness
 from mofasa.evaluation.pool import IsolatedPool, JobResult
 from mofasa.evaluation.relax import RelaxSettings, calculator_name
-from mofasa.evaluation.store import (
-    MemoryStore,
-    ResultStore,
-    from_db_values,
-    open_store,
-    to_db_values,
-)
+from mofasa.evaluation.store import MemoryStore, ResultStore, open_store
 from mofasa.evaluation.summary import PREFIXES, VALID_KEY, size_bin, summarize
 from mofasa.evaluation.validity import MODES, SCREEN_ORDER
 

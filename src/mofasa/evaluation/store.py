@@ -16,9 +16,9 @@ from typing import Any
 import numpy as np
 
 from mofasa.data.crystal import Crystal
+from mofasa.data.database import from_db_values, to_db_values
 
-__all__ = ["MemoryStore", "ResultStore", "from_db_values", "open_store", "relaxed_crystal",
-           "to_db_values"]
+__all__ = ["MemoryStore", "ResultStore", "open_store", "relaxed_crystal"]
 
 RUN_FILE = "run.json"
 DB_FILE = "results.db"
@@ -34,32 +34,6 @@ def _clean(rec: dict[str, Any]) -> dict[str, Any]:
             value = value.item()
         out[key] = value
     return out
-
-
-# ASE's database refuses strings that read as numbers or booleans (a CIF named 000123.cif):
-# such values are stored with this prefix and read back without it
-NUMERIC_STR_PREFIX = "str:"
-
-
-def _is_numeric(text: str) -> bool:
-    """Whether ASE's database would read ``text`` as an int, float or bool (and refuse it)."""
-    from ase.db.core import convert_str_to_int_float_bool_or_str
-
-    return not isinstance(convert_str_to_int_float_bool_or_str(text), str)
-
-
-def to_db_values(kv: dict[str, Any]) -> dict[str, Any]:
-    """``kv`` with number-like strings prefixed by NUMERIC_STR_PREFIX (and so the prefix
-    itself), as ASE's database accepts them."""
-    return {k: NUMERIC_STR_PREFIX + v if isinstance(v, str) and (
-        _is_numeric(v) or v.startswith(NUMERIC_STR_PREFIX)) else v for k, v in kv.items()}
-
-
-def from_db_values(kv: dict[str, Any]) -> dict[str, Any]:
-    """The inverse of `to_db_values`."""
-    n = len(NUMERIC_STR_PREFIX)
-    return {k: v[n:] if isinstance(v, str) and v.startswith(NUMERIC_STR_PREFIX) else v
-            for k, v in kv.items()}
 
 
 class MemoryStore:
