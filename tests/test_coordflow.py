@@ -339,6 +339,51 @@ def test_input_perturbation_moves_inputs_by_a_noise_draw_scaled_by_one_minus_t(
     assert torch.isfinite(loss1) and float(loss1.detach()) != float(loss0.detach())
 
 
+def test_rollouts_follow_the_noising_path_for_an_oracle_and_train_the_real_model(
+        example_crystals):
+    from mofasa.diffusion.coordflow import _interpolate, batch_state
+
+    model = _tiny_model()
+    batch = _batch(example_crystals, 3)
+    clean = batch_state(batch, model.codes, model.coder)
+    m = batch.mask.unsqueeze(-1).double()  # (B, N, 1)
+
+    class Oracle(torch.nn.Module):  # predicts the clean state exactly
+        def forward(self, x, c, lcode, lattice, t, mask):
+            return min_image_frac_torch(clean[0] - x) * mask.unsqueeze(-1), clean[1], clean[2]
+
+    oracle = model
+    oracle.config = CoordFlowConfig(**{**model.config.__dict__, "rollout_steps": 3})
+    oracle.denoiser = Oracle()
+    g = torch.Generator().manual_seed(0)
+    noise = (torch.rand(clean[0].shape, generator=g, dtype=torch.float64),
+             torch.randn(clean[1].shape, generator=g, dtype=torch.float64),
+             torch.randn(clean[2].shape, generator=g, dtype=torch.float64))
+    t0, t1 = torch.tensor([0.0, 0.3, 0.85], dtype=torch.float64), \
+        torch.tensor([0.1, 0.5, 0.95], dtype=torch.float64)
+    start = _interpolate(noise, clean, t0.view(-1, 1, 1), m)
+    rolled, est = oracle._rollout(start, t0, t1, batch.mask, None)
+    want = _interpolate(noise, clean, t1.view(-1, 1, 1), m)
+    dx = min_image_frac_torch(rolled[0] - want[0]) * m  # an exact model stays on the path
+    assert float(dx.abs().max()) < 1e-9
+    assert torch.allclose(rolled[1], want[1]) and torch.allclose(rolled[2], want[2])
+    assert float((min_image_frac_torch(est - clean[0]) * m).abs().max()) < 1e-9
+    for bad in ({"rollout_share": 1.5}, {"rollout_span": 0.0}, {"rollout_steps": 0}):
+        with pytest.raises(ValueError, match="rollout"):
+            CoordFlowConfig(**bad)
+    cfg = load_coordflow_config("tiny")  # on in training: finite, differs, and trains
+    losses = []
+    for share in (0.0, 1.0):
+        flow = CoordFlowConfig(**{**cfg.flow.__dict__, "rollout_share": share})
+        torch.manual_seed(0)
+        net = CoordFlow(CoordDenoiser(cfg.model), flow).double()
+        loss = net(batch)[0]
+        loss.backward()
+        losses.append(float(loss.detach()))
+        assert all(p.grad is None or torch.isfinite(p.grad).all() for p in net.parameters())
+    assert np.isfinite(losses).all() and losses[0] != losses[1]
+
+
 def test_ot_coupling_permutes_noise_within_elements_and_lowers_the_cost(example_crystals):
     from mofasa.diffusion.coordflow import ot_coupled_noise
 

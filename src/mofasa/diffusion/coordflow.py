@@ -115,6 +115,15 @@ class CoordFlowConfig:
             Exposure Bias in Diffusion Models"; 0: off). Sampled states leave the training
             path: a contact penalty that held spurious contacts at 0.01 per atom on training
             inputs left 321 of 1,000 samples failing on overcoordinated carbon.
+        rollout_share: share of training batches whose inputs the model makes itself
+            (against exposure bias, as in multi-step "own-state" training): the crystal is
+            noised to t - ``rollout_span`` (at least 0) as usual and carried to its training
+            time t by ``rollout_steps`` of the sampler's Euler steps with the current weights,
+            without gradient; the target is still the clean state, and the last step's
+            estimate is the self-condition (0: off). De novo samples restore 1% valid where
+            real structures noised to t = 0.9 restore 48%: the sampled states, not the
+            training ones, are where the model fails.
+        rollout_span, rollout_steps: how far back in time a rollout starts, and its steps.
     """
 
     time_power: float = 0.5
@@ -145,6 +154,9 @@ class CoordFlowConfig:
     bond_prior: str = "uniform"
     harmonic_sigma: float = 1.0
     input_perturb: float = 0.0
+    rollout_share: float = 0.0
+    rollout_span: float = 0.1
+    rollout_steps: int = 2
 
     def __post_init__(self) -> None:
         if self.refine < 0 or not 0 < self.refine_t <= 1:
@@ -166,6 +178,11 @@ class CoordFlowConfig:
         if self.bond_prior not in ("uniform", "harmonic") or self.harmonic_sigma <= 0:
             raise ValueError(f"bond_prior must be 'uniform' or 'harmonic' with harmonic_sigma "
                              f"> 0, got {self.bond_prior!r}, {self.harmonic_sigma}")
+        if not (0 <= self.rollout_share <= 1 and 0 < self.rollout_span <= 1
+                and self.rollout_steps >= 1):
+            raise ValueError(f"rollout_share must be in [0, 1], rollout_span in (0, 1] and "
+                             f"rollout_steps >= 1, got {self.rollout_share}, "
+                             f"{self.rollout_span}, {self.rollout_steps}")
         if self.coupling not in ("independent", "ot"):
             raise ValueError(f"coupling must be 'independent' or 'ot', got {self.coupling!r}")
         if not (self.time_power > 0 and 0 < self.t_max <= 1 and self.steps >= 1
@@ -302,15 +319,23 @@ class CoordFlow(nn.Module):
             if self.config.bond_prior == "harmonic":  # from the same uniform draw
                 noise = self._with_bond_prior(noise, x1, cond, mask)
         m = mask.unsqueeze(-1).to(x1.dtype)  # (B, N, 1)
-        state = _interpolate(noise, clean, t.view(-1, 1, 1), m)
-        if self.config.input_perturb > 0:
+        share = self.config.rollout_share  # no random draw when off: old runs replay exactly
+        rolled = share > 0 and torch.rand(()).item() < share
+        t_in = (t - self.config.rollout_span).clamp(min=0) if rolled else t  # (B,)
+        state = _interpolate(noise, clean, t_in.view(-1, 1, 1), m)
+        if self.config.input_perturb > 0 and not rolled:
             state = _perturbed(state, clean, self.config.input_perturb * (1 - t), m)
         if cond is not None:
             state = self.clamp(state, cond, batch.num_atoms)
         est = None  # self-conditioning: half the batches see a first, gradient-free estimate
+        if rolled:
+            state, roll_est = self._rollout(state, t_in, t, mask, cond)
         if self.self_conditioning and torch.rand(()).item() < 0.5:
-            with torch.no_grad():
-                est = wrap_frac_torch(state[0] + self.denoise(state, t, mask, cond)[0])
+            if rolled:  # the estimate the sampler would pass on
+                est = roll_est
+            else:
+                with torch.no_grad():
+                    est = wrap_frac_torch(state[0] + self.denoise(state, t, mask, cond)[0])
         d_hat, c_hat, l_hat = self.denoise(state, t, mask, cond, self_cond=est)
         d_true = min_image_frac_torch(x1 - state[0])  # (B, N, 3)
         err = ((d_hat - d_true).unsqueeze(-2) @ batch.lattice.unsqueeze(1)).squeeze(-2)  # Å
@@ -479,16 +504,31 @@ class CoordFlow(nn.Module):
             est = wrap_frac_torch(state[0] + d_hat) * m  # the next step's self-condition
             if want_drift and cond is not None:
                 drift = self._kept_drift(d_hat, state[2], cond, n)
-            x, c, lcode = state
             r = (tn - t) / (1.0 - t)  # the fraction of the remaining way this step covers
-            x = x + r * d_hat
+            churn = None
             if self.config.churn > 0 and tn < 1.0:
-                x = x + self._churn(x, lcode, n, 1.0 - tn, generator, noise_fn)
-            x = wrap_frac_torch(x) * m
-            c = (c + r * (c_hat - c)) * m
-            lcode = lcode + r * (l_hat - lcode)
-            state = self.clamp((x, c, lcode), cond, n)
+                churn = self._churn(state[0] + r * d_hat, state[2], n, 1.0 - tn, generator,
+                                    noise_fn)
+            state = self.clamp(_euler_step(state, (d_hat, c_hat, l_hat), r, m, churn), cond, n)
         return state, c_hat, drift
+
+    @torch.no_grad()
+    def _rollout(self, state: tuple[torch.Tensor, ...], t0: torch.Tensor, t1: torch.Tensor,
+                 mask: torch.Tensor, cond: ConditionBatch | None
+                 ) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
+        """``rollout_steps`` Euler steps from per-crystal times t0 to t1 (B,) with the
+        current weights, self-conditioning chained as in sampling; returns the state and the
+        last step's clean-coordinate estimate (B, N, 3)."""
+        m = mask.unsqueeze(-1).to(state[0].dtype)  # (B, N, 1)
+        n, k = mask.sum(1), self.config.rollout_steps
+        est = None
+        for i in range(k):
+            ta, tb = t0 + (t1 - t0) * (i / k), t0 + (t1 - t0) * ((i + 1) / k)  # (B,)
+            pred = self.denoise(state, ta, mask, cond, self_cond=est)
+            est = wrap_frac_torch(state[0] + pred[0]) * m
+            r = (tb - ta) / (1.0 - ta).clamp(min=1e-3)  # (B,)
+            state = self.clamp(_euler_step(state, pred, r, m), cond, n)
+        return state, est
 
     def _renoise(self, state: tuple[torch.Tensor, ...], t: float, mask: torch.Tensor,
                  cond: ConditionBatch | None, generator: torch.Generator | None,
@@ -607,6 +647,21 @@ def _interpolate(noise: tuple[torch.Tensor, ...], clean: tuple[torch.Tensor, ...
     x = wrap_frac_torch(x0 + t * min_image_frac_torch(x1 - x0)) * m  # (B, N, 3)
     c = ((1 - t) * c0 + t * c1) * m  # (B, N, bits)
     return x, c, (1 - tl) * l0 + tl * l1  # ..., (B, 6)
+
+
+def _euler_step(state: tuple[torch.Tensor, ...], pred: tuple[torch.Tensor, ...],
+                r: torch.Tensor | float, m: torch.Tensor, churn: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, ...]:
+    """One step of the sampler: each part moves the fraction ``r`` (a float or (B,)) of the
+    way to its clean prediction (coordinates by the predicted displacement on the torus, plus
+    ``churn`` (B, N, 3) if given); ``m`` (B, N, 1) zeroes padding."""
+    (x, c, lcode), (d_hat, c_hat, l_hat) = state, pred
+    rr = r.view(-1, 1, 1) if isinstance(r, torch.Tensor) else r
+    x = x + rr * d_hat
+    if churn is not None:
+        x = x + churn
+    rl = rr.view(-1, 1) if isinstance(rr, torch.Tensor) else rr
+    return (wrap_frac_torch(x) * m, (c + rr * (c_hat - c)) * m, lcode + rl * (l_hat - lcode))
 
 
 def _perturbed(state: tuple[torch.Tensor, ...], clean: tuple[torch.Tensor, ...],
