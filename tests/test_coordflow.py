@@ -368,6 +368,8 @@ def test_rollouts_follow_the_noising_path_for_an_oracle_and_train_the_real_model
     assert float(dx.abs().max()) < 1e-9
     assert torch.allclose(rolled[1], want[1]) and torch.allclose(rolled[2], want[2])
     assert float((min_image_frac_torch(est - clean[0]) * m).abs().max()) < 1e-9
+    start = oracle.rollout_start(torch.tensor([0.2, 0.9, 0.99], dtype=torch.float64))
+    assert torch.allclose(start, torch.tensor([0.0, 0.8, 0.98], dtype=torch.float64))
     for bad in ({"rollout_share": 1.5}, {"rollout_span": 0.0}, {"rollout_steps": 0}):
         with pytest.raises(ValueError, match="rollout"):
             CoordFlowConfig(**bad)

@@ -117,13 +117,16 @@ class CoordFlowConfig:
             inputs left 321 of 1,000 samples failing on overcoordinated carbon.
         rollout_share: share of training batches whose inputs the model makes itself
             (against exposure bias, as in multi-step "own-state" training): the crystal is
-            noised to t - ``rollout_span`` (at least 0) as usual and carried to its training
-            time t by ``rollout_steps`` of the sampler's Euler steps with the current weights,
-            without gradient; the target is still the clean state, and the last step's
-            estimate is the self-condition (0: off). De novo samples restore 1% valid where
+            noised as usual to the earlier time t' with 1 - t' = (1 + ``rollout_span``)(1 - t)
+            (at least 0: noise levels relative, as the sampler's grid is, so near-clean times
+            stay near-clean) and carried to its training time t by ``rollout_steps`` of the
+            sampler's Euler steps with the current weights, without gradient; the target is
+            still the clean state, and the last step's estimate is the self-condition (0: off). De novo samples restore 1% valid where
             real structures noised to t = 0.9 restore 48%: the sampled states, not the
             training ones, are where the model fails.
-        rollout_span, rollout_steps: how far back in time a rollout starts, and its steps.
+        rollout_span, rollout_steps: how far back a rollout starts (1: at twice the
+            remaining noise level 1 - t; one sampler step near t = 1 is x4, mid-way x1.5),
+            and its Euler steps.
     """
 
     time_power: float = 0.5
@@ -155,7 +158,7 @@ class CoordFlowConfig:
     harmonic_sigma: float = 1.0
     input_perturb: float = 0.0
     rollout_share: float = 0.0
-    rollout_span: float = 0.1
+    rollout_span: float = 1.0
     rollout_steps: int = 2
 
     def __post_init__(self) -> None:
@@ -178,9 +181,9 @@ class CoordFlowConfig:
         if self.bond_prior not in ("uniform", "harmonic") or self.harmonic_sigma <= 0:
             raise ValueError(f"bond_prior must be 'uniform' or 'harmonic' with harmonic_sigma "
                              f"> 0, got {self.bond_prior!r}, {self.harmonic_sigma}")
-        if not (0 <= self.rollout_share <= 1 and 0 < self.rollout_span <= 1
+        if not (0 <= self.rollout_share <= 1 and self.rollout_span > 0
                 and self.rollout_steps >= 1):
-            raise ValueError(f"rollout_share must be in [0, 1], rollout_span in (0, 1] and "
+            raise ValueError(f"rollout_share must be in [0, 1], rollout_span > 0 and "
                              f"rollout_steps >= 1, got {self.rollout_share}, "
                              f"{self.rollout_span}, {self.rollout_steps}")
         if self.coupling not in ("independent", "ot"):
@@ -321,7 +324,7 @@ class CoordFlow(nn.Module):
         m = mask.unsqueeze(-1).to(x1.dtype)  # (B, N, 1)
         share = self.config.rollout_share  # no random draw when off: old runs replay exactly
         rolled = share > 0 and torch.rand(()).item() < share
-        t_in = (t - self.config.rollout_span).clamp(min=0) if rolled else t  # (B,)
+        t_in = self.rollout_start(t) if rolled else t  # (B,)
         state = _interpolate(noise, clean, t_in.view(-1, 1, 1), m)
         if self.config.input_perturb > 0 and not rolled:
             state = _perturbed(state, clean, self.config.input_perturb * (1 - t), m)
@@ -511,6 +514,10 @@ class CoordFlow(nn.Module):
                                     noise_fn)
             state = self.clamp(_euler_step(state, (d_hat, c_hat, l_hat), r, m, churn), cond, n)
         return state, c_hat, drift
+
+    def rollout_start(self, t: torch.Tensor) -> torch.Tensor:
+        """(B,) the times t' < t rollouts start from: 1 - t' = (1 + rollout_span)(1 - t)."""
+        return (1 - (1 - t) * (1 + self.config.rollout_span)).clamp(min=0)
 
     @torch.no_grad()
     def _rollout(self, state: tuple[torch.Tensor, ...], t0: torch.Tensor, t1: torch.Tensor,
