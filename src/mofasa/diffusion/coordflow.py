@@ -121,9 +121,9 @@ class CoordFlowConfig:
             (at least 0: noise levels relative, as the sampler's grid is, so near-clean times
             stay near-clean) and carried to its training time t by ``rollout_steps`` of the
             sampler's Euler steps with the current weights, without gradient; the target is
-            still the clean state, and the last step's estimate is the self-condition (0: off). De novo samples restore 1% valid where
-            real structures noised to t = 0.9 restore 48%: the sampled states, not the
-            training ones, are where the model fails.
+            still the clean state, and the last step's estimate is the self-condition (0: off).
+            De novo samples are 1% valid where real structures noised to t = 0.9 restore 48%:
+            the sampled states, not the training ones, are where the model fails.
         rollout_span, rollout_steps: how far back a rollout starts (1: at twice the
             remaining noise level 1 - t; one sampler step near t = 1 is x4, mid-way x1.5),
             and its Euler steps.
