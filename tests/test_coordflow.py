@@ -374,7 +374,7 @@ def test_rollouts_follow_the_noising_path_for_an_oracle_and_train_the_real_model
         with pytest.raises(ValueError, match="rollout"):
             CoordFlowConfig(**bad)
     cfg = load_coordflow_config("tiny")  # on in training: finite, differs, and trains
-    losses = []
+    losses, nets = [], []
     for share in (0.0, 1.0):
         flow = CoordFlowConfig(**{**cfg.flow.__dict__, "rollout_share": share})
         torch.manual_seed(0)
@@ -383,7 +383,13 @@ def test_rollouts_follow_the_noising_path_for_an_oracle_and_train_the_real_model
         loss.backward()
         losses.append(float(loss.detach()))
         assert all(p.grad is None or torch.isfinite(p.grad).all() for p in net.parameters())
+        nets.append(net)
     assert np.isfinite(losses).all() and losses[0] != losses[1]
+    evals = []  # validation (eval mode) scores the plain noising path: the same loss
+    for net in nets:
+        torch.manual_seed(1)
+        evals.append(float(net.eval()(batch)[0].detach()))
+    assert evals[0] == pytest.approx(evals[1], rel=1e-12)
 
 
 def test_ot_coupling_permutes_noise_within_elements_and_lowers_the_cost(example_crystals):

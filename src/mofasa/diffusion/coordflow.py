@@ -322,8 +322,9 @@ class CoordFlow(nn.Module):
             if self.config.bond_prior == "harmonic":  # from the same uniform draw
                 noise = self._with_bond_prior(noise, x1, cond, mask)
         m = mask.unsqueeze(-1).to(x1.dtype)  # (B, N, 1)
-        share = self.config.rollout_share  # no random draw when off: old runs replay exactly
-        rolled = share > 0 and torch.rand(()).item() < share
+        share = self.config.rollout_share  # training only (val losses stay comparable); no
+        # random draw when off, so old runs replay exactly
+        rolled = self.training and share > 0 and torch.rand(()).item() < share
         t_in = self.rollout_start(t) if rolled else t  # (B,)
         state = _interpolate(noise, clean, t_in.view(-1, 1, 1), m)
         if self.config.input_perturb > 0 and not rolled:
