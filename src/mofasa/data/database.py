@@ -35,6 +35,7 @@ __all__ = [
     "open_database",
     "parse_elements",
     "parse_flag",
+    "row_name",
     "select_rows",
     "summary_line",
     "to_db_values",
@@ -308,9 +309,12 @@ def select_rows(path: str | Path, query: Query | None = None) -> Selection:
 
 
 # ---------------------------------------------------------------------------- exporting
-def _name(row: Any) -> str:
+def row_name(row: Any) -> str:
+    """A database row's structure name: its ``name``, ``mof_id`` or ``qmof_id`` key (as
+    written, see `from_db_values`), else ``row<id>``."""
     kv = from_db_values(row.key_value_pairs)
-    return str(next((kv[k] for k in ("name", "mof_id", "qmof_id") if k in kv), f"row{row.id}"))
+    return str(next((kv[k] for k in ("name", "mof_id", "qmof_id") if k in kv), None)
+               or f"row{row.id}")
 
 
 def _number(row: Any) -> int:
@@ -346,13 +350,13 @@ def export_cifs(selection: Selection, folder: str | Path) -> int:
     folder.mkdir(parents=True, exist_ok=True)
     used: set[str] = set()
     for row, atoms in _structures(selection):
-        stem = f"{_number(row):06d}_{_safe(_name(row))}"
+        stem = f"{_number(row):06d}_{_safe(row_name(row))}"
         if stem in used:  # two rows with one index: keep both
             stem += f"_row{row.id}"
         used.add(stem)
         provenance = {**from_db_values(row.key_value_pairs),
                       "source_db": str(selection.path.resolve()), "db_row_id": row.id}
-        write_cif(Crystal.from_ase(atoms, id=_name(row)), folder / f"{stem}.cif",
+        write_cif(Crystal.from_ase(atoms, id=row_name(row)), folder / f"{stem}.cif",
                   provenance=provenance)  # fmt: skip
     return len(used)
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from mofasa.data.checks import CheckLimits, check_crystal
 from mofasa.data.crystal import Crystal
-from mofasa.data.database import from_db_values
+from mofasa.data.database import row_name
 from mofasa.data.errors import CrystalError
 
 __all__ = ["InputItem", "is_ase_db", "iter_inputs", "reader_limits"]
@@ -104,11 +104,7 @@ def _iter_db(path: Path, limits: CheckLimits) -> Iterator[InputItem]:
 
     with connect(str(path)) as db:
         for index, row in enumerate(db.select()):
-            kv = from_db_values(row.key_value_pairs)
-            name = str(
-                next((kv[k] for k in ("name", "mof_id", "qmof_id") if k in kv), None)
-                or f"row{row.id}"
-            )
+            name = row_name(row)
             try:
                 crystal = Crystal.from_ase(row.toatoms(), id=name)
             except (ValueError, KeyError) as exc:
